@@ -1,0 +1,300 @@
+"""Train a model with a guide by SVI and write a run directory.
+
+    python -m pyro_vae.fit --guide amortized
+    python -m pyro_vae.fit --dataset mnist --data-dir ../shared/data/mnist --latent-dim 50 --epochs 20
+
+Python API: ``fit(FitConfig(...))`` does exactly what the command does and
+returns the trained model, guide and data with the metrics; ``load_run``
+rebuilds them from a run directory.
+
+A run directory holds ``config.json``, ``metrics.jsonl`` (one line per
+epoch), ``summary.json``, ``checkpoint.pt`` (tensors only) and the figures
+``reconstructions.png``, ``samples.png``, ``latent.png``, ``elbo.png``.
+"""
+
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from pyro_vae import __version__, plots
+from pyro_vae.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, write_json, write_text
+from pyro_vae.cli import ArgumentParser, UsageError, exit_with, import_user_modules, int_list, positive_float, positive_int
+from pyro_vae.data import BINARIZE_MODES, DATASETS, DataError, load_dataset
+from pyro_vae.registry import get_guide, get_model, guide_names, model_names
+from pyro_vae.train import ELBOS, elbo_per_example, make_svi, train_epoch
+
+
+@dataclass
+class FitConfig:
+    """Every setting of a run; ``config.json`` stores it."""
+
+    model: str | None = None  # None: the dataset's default model
+    guide: str = "amortized"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    binarize: str | None = None  # None: the dataset's default
+    latent_dim: int = 2
+    hidden_dims: tuple = (400,)
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    elbo: str = "trace"
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None  # None: runs/<dataset>-<guide>-<timestamp>
+    imports: list = field(default_factory=list)  # user modules that register models/guides
+
+    def validate(self):
+        """Raise :class:`UsageError` for values no run can use."""
+        checks = [
+            (self.latent_dim >= 1, f"latent dim must be at least 1, got {self.latent_dim}"),
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0 and self.lr != float("inf"), f"learning rate must be positive, got {self.lr}"),
+            (all(h >= 1 for h in self.hidden_dims), f"hidden dims must be positive, got {self.hidden_dims}"),
+            (self.elbo in ELBOS, f"elbo must be one of {', '.join(ELBOS)}, got {self.elbo!r}"),
+            (self.binarize in (None, *BINARIZE_MODES), f"binarize must be one of {', '.join(BINARIZE_MODES)}"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"device must be auto, cpu or cuda, got {self.device!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+
+@dataclass
+class FitResult:
+    model: torch.nn.Module
+    guide: torch.nn.Module
+    data: object
+    config: FitConfig
+    metrics: list
+    summary: dict
+    out: Path
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def build(config, data):
+    """The model and guide named in ``config``, sized for ``data``."""
+    import_user_modules(config.imports)
+    try:
+        model_cls = get_model(config.model or data.default_model)
+        guide_cls = get_guide(config.guide)
+    except KeyError as error:
+        raise UsageError(error.args[0]) from None
+    if getattr(model_cls, "binary_data", False) and not data.is_binary():
+        raise UsageError(
+            f"model {model_cls.name} has a Bernoulli likelihood but {data.name} with --binarize "
+            f"{data.binarize} is not binary: use --binarize dynamic or static, or a Gaussian model"
+        )
+    model = model_cls(data.data_dim, config.latent_dim, config.hidden_dims).to(data.device)
+    guide = guide_cls(model, data.num_train, config.hidden_dims).to(data.device)
+    return model, guide
+
+
+def load_data(config, device):
+    return load_dataset(config.dataset, config.data_dir, config.binarize, device, download=config.download)
+
+
+def versions():
+    import numpy
+    import torchvision
+
+    return {"python": platform.python_version(), "pyro_vae": __version__, "pyro": pyro.__version__,
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__}
+
+
+def default_out(config):
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.dataset}-{config.guide}-{stamp}"
+
+
+def prepare_out(out):
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out}: already exists and is not empty; choose a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@torch.no_grad()
+def save_figures(out, model, guide, data, metrics):
+    """reconstructions.png, samples.png, latent.png and elbo.png."""
+    plots.save_elbo_curves(out / "elbo.png", metrics)
+    model.eval()
+    guide.eval()
+    x = data.test_x[:2000]
+    z_mean = guide.posterior(x).mean
+    plots.save_latent_scatter(out / "latent.png", z_mean, None if data.test_y is None else data.test_y[:2000])
+    if data.image_shape is None:
+        return
+    reconstruction = model.likelihood(z_mean[:32]).mean
+    plots.save_reconstructions(out / "reconstructions.png", x[:32], reconstruction, data.image_shape)
+    z = torch.randn(64, model.latent_dim, device=data.device)
+    plots.save_image_grid(out / "samples.png", model.likelihood(z).mean, data.image_shape)
+
+
+def checkpoint_state(model, guide, svi, epoch, metrics, config):
+    return {
+        "model": model.state_dict(),
+        "guide": guide.state_dict(),
+        "optimizer": svi.optim.get_state(),
+        "rng": rng_state(),
+        "epoch": epoch,
+        "metrics": metrics,
+        "config": json.dumps(config_dict(config)),
+    }
+
+
+def config_dict(config):
+    d = asdict(config)
+    d["hidden_dims"] = list(config.hidden_dims)
+    return d
+
+
+def fit(config, progress=True, log=print):
+    """Train ``config.model`` with ``config.guide`` by SVI; write the run directory.
+
+    Each epoch: one pass of SVI steps over a fresh permutation, then the test
+    ELBO (nats per example, one sample per test point), one line in
+    ``metrics.jsonl`` and a checkpoint. Returns a :class:`FitResult`.
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    pyro.set_rng_seed(config.seed)
+    data = load_data(config, device)
+    model, guide = build(config, data)
+    config.model = model.name
+    config.binarize = data.binarize
+    out = prepare_out(config.out or default_out(config))
+    config.out = str(out)
+    write_json(out / "config.json", {
+        **config_dict(config),
+        "device_resolved": str(device),
+        "num_train": data.num_train,
+        "num_test": len(data.test_x),
+        "data_dim": data.data_dim,
+        "versions": versions(),
+        "command": sys.argv if __name__ == "__main__" else None,
+    })
+    log(f"{model.name} + {config.guide} on {data.name} ({data.num_train} train, {len(data.test_x)} test, "
+        f"binarize {data.binarize}) on {device}; writing {out}")
+
+    svi = make_svi(model, guide, config.lr, config.elbo)
+    metrics = []
+    start = time.perf_counter()
+    epochs = tqdm(range(1, config.epochs + 1), desc="epochs", disable=not progress, unit="epoch")
+    for epoch in epochs:
+        model.train()
+        guide.train()
+        train_elbo, seconds = train_epoch(svi, data, config.batch_size, progress, f"epoch {epoch}")
+        model.eval()
+        guide.eval()
+        test_elbo = elbo_per_example(model, guide, data.test_x, config.elbo)
+        metrics.append({"epoch": epoch, "train_elbo": train_elbo, "test_elbo": test_elbo, "seconds": seconds})
+        write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+        save_checkpoint(out / "checkpoint.pt", checkpoint_state(model, guide, svi, epoch, metrics, config))
+        epochs.set_postfix(train=f"{train_elbo:.2f}", test=f"{test_elbo:.2f}", refresh=False)
+        if not progress:
+            log(f"epoch {epoch:4d}  train ELBO {train_elbo:10.3f}  test ELBO {test_elbo:10.3f}  {seconds:6.2f}s")
+
+    save_figures(out, model, guide, data, metrics)
+    last = metrics[-1]
+    summary = {
+        "train_elbo": last["train_elbo"],
+        "test_elbo": last["test_elbo"],
+        "epochs": config.epochs,
+        "seconds": time.perf_counter() - start,
+        "seconds_per_epoch": sum(m["seconds"] for m in metrics) / len(metrics),
+    }
+    write_json(out / "summary.json", summary)
+    log(f"test ELBO {summary['test_elbo']:.3f} nats per example after {config.epochs} epochs "
+        f"({summary['seconds']:.1f}s); wrote {out}")
+    return FitResult(model, guide, data, config, metrics, summary, out)
+
+
+def load_run(run_dir, device="cpu"):
+    """Rebuild a run's model, guide and data from its directory (tensors only).
+
+    Raises :class:`CheckpointError` if the checkpoint is missing, unsafe or
+    does not fit the configuration."""
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoint.pt"
+    state = load_checkpoint(path)
+    try:
+        saved = json.loads(state["config"])
+        config = FitConfig(**{f.name: saved[f.name] for f in fields(FitConfig) if f.name in saved})
+        config.hidden_dims = tuple(config.hidden_dims)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: no usable configuration inside ({error})") from None
+    config.device = str(device)
+    data = load_data(config, resolve_device(config.device))
+    model, guide = build(config, data)
+    try:
+        model.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide"])
+    except (KeyError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: does not match its configuration ({first})") from None
+    model.eval()
+    guide.eval()
+    return model, guide, data, config, state
+
+
+def parser():
+    p = ArgumentParser(prog="python -m pyro_vae.fit", description=__doc__.split("\n\n")[0])
+    d = FitConfig()
+    p.add_argument("--model", help=f"generative model: {', '.join(model_names())} (default: the dataset's)")
+    p.add_argument("--guide", default=d.guide, help=f"variational family: {', '.join(guide_names())} (default %(default)s)")
+    p.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS), metavar="NAME",
+                   help=f"{', '.join(sorted(DATASETS))} (default %(default)s: bundled, no files needed)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
+    p.add_argument("--download", action="store_true", help="download MNIST / Fashion-MNIST through torchvision (needs a network)")
+    p.add_argument("--binarize", choices=BINARIZE_MODES,
+                   help="dynamic: resample x ~ Bernoulli(intensity) per minibatch; static: once, fixed seed; "
+                        "none: keep intensities (default: the dataset's)")
+    p.add_argument("--latent-dim", type=positive_int, default=d.latent_dim, help="dimension of z (default %(default)s)")
+    p.add_argument("--hidden-dims", type=int_list, default=d.hidden_dims, metavar="H[,H...]",
+                   help="hidden layer widths from the data side; the decoder mirrors them (default 400)")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help="passes over the training set (default %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="minibatch size (default %(default)s)")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help="Adam learning rate (default %(default)s)")
+    p.add_argument("--elbo", choices=sorted(ELBOS), default=d.elbo,
+                   help="trace: Trace_ELBO (Monte Carlo); meanfield: TraceMeanField_ELBO (analytic KL) (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
+    p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<guide>-<timestamp>)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first, so that models or guides it registers can be named (repeatable)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="print one line per epoch instead of progress bars")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    progress = args.progress
+    config = FitConfig(**{k: v for k, v in vars(args).items() if k != "progress"})
+    try:
+        fit(config, progress=progress, log=tqdm.write)
+    except (UsageError, DataError, CheckpointError) as error:
+        exit_with("fit", error)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Name -> class registries for generative models and variational families.
+
+A new model is one file in ``models/`` that decorates its class with
+``@register_model("name")`` plus one import line in ``models/__init__.py``;
+``--model name`` then picks it on every command. Guides work the same way.
+A user's own module can register too: import it before calling the API
+(or pass ``--import my_module`` on the command line).
+"""
+
+import importlib
+
+MODELS = {}
+GUIDES = {}
+
+
+def register_model(name):
+    """Class decorator: make a model available as ``--model name``."""
+
+    def decorate(cls):
+        MODELS[name] = cls
+        cls.name = name
+        return cls
+
+    return decorate
+
+
+def register_guide(name):
+    """Class decorator: make a guide available as ``--guide name``."""
+
+    def decorate(cls):
+        GUIDES[name] = cls
+        cls.name = name
+        return cls
+
+    return decorate
+
+
+def _load_builtins():
+    # Importing the packages runs their @register_* decorators.
+    importlib.import_module("pyro_vae.models")
+    importlib.import_module("pyro_vae.guides")
+
+
+def model_names():
+    _load_builtins()
+    return sorted(MODELS)
+
+
+def guide_names():
+    _load_builtins()
+    return sorted(GUIDES)
+
+
+def get_model(name):
+    _load_builtins()
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def get_guide(name):
+    _load_builtins()
+    if name not in GUIDES:
+        raise KeyError(f"unknown guide {name!r}; choose from {', '.join(sorted(GUIDES))}")
+    return GUIDES[name]

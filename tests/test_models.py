@@ -1,0 +1,70 @@
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from pyro_vae.registry import get_guide, get_model, guide_names, model_names
+
+
+@pytest.mark.parametrize("name", ["bernoulli_mlp", "gaussian_mlp"])
+def test_model_trace_shapes_and_full_data_scale(name):
+    model = get_model(name)(data_dim=12, latent_dim=3, hidden_dims=(16, 8))
+    x = torch.rand(5, 12).round()
+    idx = torch.tensor([0, 3, 7, 8, 9])
+    trace = poutine.trace(model).get_trace(x, idx, 40)
+    trace.compute_log_prob()
+    z, obs = trace.nodes["z"], trace.nodes["x"]
+    assert z["value"].shape == (5, 3)
+    assert obs["fn"].event_shape == (12,) and obs["fn"].batch_shape == (5,)
+    # the data plate scales a minibatch of 5 out of 40 up to the full data
+    assert z["scale"] == pytest.approx(8.0) and obs["scale"] == pytest.approx(8.0)
+    assert torch.equal(trace.nodes["data"]["value"], idx)
+    # decoder weights are registered as (point-estimate) params
+    assert any(site["type"] == "param" for site in trace.nodes.values())
+
+
+def test_hidden_dims_mirror_between_encoder_and_decoder():
+    model = get_model("bernoulli_mlp")(data_dim=20, latent_dim=2, hidden_dims=(16, 8))
+    guide = get_guide("amortized")(model, 100, (16, 8))
+    decoder_sizes = [m.out_features for m in model.decoder if isinstance(m, torch.nn.Linear)]
+    encoder_sizes = [m.out_features for m in guide.encoder if isinstance(m, torch.nn.Linear)]
+    assert decoder_sizes == [8, 16, 20]
+    assert encoder_sizes == [16, 8, 4]
+
+
+def test_amortized_guide_shapes_and_subsample():
+    model = get_model("bernoulli_mlp")(data_dim=12, latent_dim=3)
+    guide = get_guide("amortized")(model, 40)
+    x = torch.rand(5, 12).round()
+    idx = torch.tensor([1, 2, 3, 4, 5])
+    trace = poutine.trace(guide).get_trace(x, idx, 40)
+    assert trace.nodes["z"]["value"].shape == (5, 3)
+    assert torch.equal(trace.nodes["data"]["value"], idx)
+    q = guide.posterior(x)
+    assert q.batch_shape == (5,) and q.event_shape == (3,)
+    assert torch.all(q.stddev > 0)
+
+
+def test_registry_names_and_errors():
+    assert {"bernoulli_mlp", "gaussian_mlp"} <= set(model_names())
+    assert "amortized" in guide_names()
+    with pytest.raises(KeyError, match="unknown model 'nope'"):
+        get_model("nope")
+    with pytest.raises(KeyError, match="unknown guide 'nope'"):
+        get_guide("nope")
+
+
+def test_gaussian_likelihood_has_bounded_scale():
+    model = get_model("gaussian_mlp")(data_dim=6, latent_dim=2)
+    p = model.likelihood(torch.randn(4, 2))
+    assert torch.all(p.base_dist.scale >= model.min_scale)
+    assert torch.all((p.mean >= 0) & (p.mean <= 1))
+
+
+def test_log_joint_matches_trace():
+    model = get_model("bernoulli_mlp")(data_dim=12, latent_dim=3)
+    x = torch.rand(5, 12).round()
+    trace = poutine.trace(model).get_trace(x)
+    trace.compute_log_prob()
+    expected = trace.nodes["z"]["log_prob"] + trace.nodes["x"]["log_prob"]
+    assert torch.allclose(model.log_joint(x, trace.nodes["z"]["value"]), expected, atol=1e-5)
