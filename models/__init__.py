@@ -5,7 +5,7 @@ To add a model: write ``models/my_model.py`` with a subclass of
 and import it below.
 """
 
-from . import bernoulli_mlp, gaussian_mlp  # noqa: F401  (registration)
+from . import bernoulli_mlp, gaussian_mlp, linear_gaussian  # noqa: F401  (registration)
 from .base import LatentVariableModel
 
 __all__ = ["LatentVariableModel"]

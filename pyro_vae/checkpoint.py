@@ -107,12 +107,13 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "weights only" in str(error).lower() or "weights_only" in str(error):
+        # weights_only refuses any GLOBAL (a class or function to call); other
+        # unpickling failures mean the bytes are not a pickle at all.
+        if "global" in str(error).lower():
             raise CheckpointError(
                 f"{path}: refused: it holds pickled objects, not just tensors, and loading it could run code"
             ) from None
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (not a torch.save file)") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None

@@ -12,6 +12,7 @@ per-example DataLoader or transform on the hot path.
 | `fashion_mnist`   | torchvision, the four `*-idx?-ubyte.gz` files   | 60000 / 10000       | dynamic          |
 | `binarized_mnist` | `binarized_mnist_{train,test}.mat` or `.amat`   | 50000 / 10000       | none (binary)    |
 | `frey_face`       | `frey_rawface.mat`, key `ff`, 560 x 1965        | first 1765 / last 200 | none           |
+| `linear_gaussian` | synthetic pPCA data (``load_linear_gaussian``)  | 1000 / 500 by default | none           |
 
 Binarization (``--binarize``): ``dynamic`` draws x ~ Bernoulli(intensity)
 afresh for every training minibatch (Burda et al. 2015) and binarizes the
@@ -20,6 +21,7 @@ fixed seed; ``none`` keeps intensities (for Gaussian likelihoods).
 """
 
 import gzip
+import inspect
 import os
 import shutil
 import tempfile
@@ -231,8 +233,25 @@ def load_frey_face(data_dir=None, download=False):
     return RawDataset(x[:FREY_FACE_TRAIN], None, x[FREY_FACE_TRAIN:], None, (28, 20), "none", "gaussian_mlp")
 
 
+def load_linear_gaussian(data_dir=None, download=False, num_train=1000, num_test=500, data_dim=10, seed=0):
+    """Synthetic data from a probabilistic PCA model with a 2-D latent:
+    x = W z + b + 0.5 eps, z, eps ~ N(0, I), W and b drawn from N(0, 1) with
+    ``seed``. Not images and not in [0, 1]: fit it with ``linear_gaussian``,
+    whose exact marginal likelihood and posterior are known."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(data_dim, 2, generator=generator)
+    bias = torch.randn(data_dim, generator=generator)
+
+    def draw(n):
+        z = torch.randn(n, 2, generator=generator)
+        return z @ weight.T + bias + 0.5 * torch.randn(n, data_dim, generator=generator)
+
+    return RawDataset(draw(num_train), None, draw(num_test), None, None, "none", "linear_gaussian")
+
+
 DATASETS = {
     "digits": load_digits,
+    "linear_gaussian": load_linear_gaussian,
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,
     "binarized_mnist": load_binarized_mnist,
@@ -307,12 +326,32 @@ class Data:
         return torch.randperm(self.num_train, device=self.device).split(batch_size)
 
 
-def load_dataset(name, data_dir=None, binarize=None, device="cpu", download=False, **options):
+def load_dataset(name, data_dir=None, binarize=None, device="cpu", download=False,
+                 num_train=None, num_test=None, **options):
     """Load dataset ``name`` and place it on ``device``; see the module
-    docstring for names, files and defaults. Raises :class:`DataError`."""
+    docstring for names, files and defaults. Raises :class:`DataError`.
+
+    ``num_train`` / ``num_test`` keep the first N examples of each split (a
+    synthetic dataset generates exactly that many). ``options`` go to the
+    loader (``data_dim``, ``seed`` for ``linear_gaussian``)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(sorted(DATASETS))}")
     if data_dir is not None and not download and not os.path.isdir(data_dir):
         raise DataError(f"--data-dir {data_dir}: no such directory")
-    raw = DATASETS[name](data_dir=data_dir, download=download, **options)
+    load = DATASETS[name]
+    accepted = inspect.signature(load).parameters
+    sizes = {"num_train": num_train, "num_test": num_test}
+    for key in options:
+        if key not in accepted:
+            raise DataError(f"dataset {name} takes no option {key!r}")
+    options.update({k: v for k, v in sizes.items() if v is not None and k in accepted})
+    raw = load(data_dir=data_dir, download=download, **options)
+    for split, n in (("train", num_train), ("test", num_test)):
+        if n is None:
+            continue
+        x, y = getattr(raw, f"{split}_x"), getattr(raw, f"{split}_y")
+        if n > len(x):
+            raise DataError(f"{name} has {len(x)} {split} examples, fewer than the {n} asked for")
+        setattr(raw, f"{split}_x", x[:n])
+        setattr(raw, f"{split}_y", None if y is None else y[:n])
     return Data(raw, name, binarize, device)

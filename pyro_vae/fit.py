@@ -28,6 +28,7 @@ from pyro_vae import __version__, plots
 from pyro_vae.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, write_json, write_text
 from pyro_vae.cli import ArgumentParser, UsageError, exit_with, import_user_modules, int_list, positive_float, positive_int
 from pyro_vae.data import BINARIZE_MODES, DATASETS, DataError, load_dataset
+from pyro_vae.evaluate import log_likelihood, run_proposal
 from pyro_vae.registry import get_guide, get_model, guide_names, model_names
 from pyro_vae.train import ELBOS, elbo_per_example, make_svi, train_epoch
 
@@ -41,6 +42,10 @@ class FitConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     download: bool = False
+    num_train: int | None = None  # first N training examples (synthetic: generate N)
+    num_test: int | None = None
+    data_dim: int | None = None  # synthetic datasets only
+    data_seed: int | None = None  # synthetic datasets only
     binarize: str | None = None  # None: the dataset's default
     latent_dim: int = 2
     hidden_dims: tuple = (400,)
@@ -51,6 +56,8 @@ class FitConfig:
     seed: int = 0
     device: str = "auto"
     out: str | None = None  # None: runs/<dataset>-<guide>-<timestamp>
+    eval_iwae_samples: int = 1000  # K of the log-likelihood estimate in summary.json
+    eval_max_examples: int = 1000  # on the first this many test examples
     imports: list = field(default_factory=list)  # user modules that register models/guides
 
     def validate(self):
@@ -109,7 +116,9 @@ def build(config, data):
 
 
 def load_data(config, device):
-    return load_dataset(config.dataset, config.data_dir, config.binarize, device, download=config.download)
+    options = {k: v for k, v in (("data_dim", config.data_dim), ("seed", config.data_seed)) if v is not None}
+    return load_dataset(config.dataset, config.data_dir, config.binarize, device, download=config.download,
+                        num_train=config.num_train, num_test=config.num_test, **options)
 
 
 def versions():
@@ -215,17 +224,22 @@ def fit(config, progress=True, log=print):
             log(f"epoch {epoch:4d}  train ELBO {train_elbo:10.3f}  test ELBO {test_elbo:10.3f}  {seconds:6.2f}s")
 
     save_figures(out, model, guide, data, metrics)
+    x = data.test_x[: config.eval_max_examples]
+    ll = log_likelihood(model, run_proposal(guide), x, config.eval_iwae_samples, progress=progress)
     last = metrics[-1]
     summary = {
         "train_elbo": last["train_elbo"],
         "test_elbo": last["test_elbo"],
+        "log_likelihood": ll.mean().item(),
+        "log_likelihood_examples": len(x),
+        "log_likelihood_iwae_samples": config.eval_iwae_samples,
         "epochs": config.epochs,
         "seconds": time.perf_counter() - start,
         "seconds_per_epoch": sum(m["seconds"] for m in metrics) / len(metrics),
     }
     write_json(out / "summary.json", summary)
-    log(f"test ELBO {summary['test_elbo']:.3f} nats per example after {config.epochs} epochs "
-        f"({summary['seconds']:.1f}s); wrote {out}")
+    log(f"test ELBO {summary['test_elbo']:.3f}, log p(x) >= {summary['log_likelihood']:.3f} (K={config.eval_iwae_samples}, "
+        f"{len(x)} test examples) nats per example after {config.epochs} epochs ({summary['seconds']:.1f}s); wrote {out}")
     return FitResult(model, guide, data, config, metrics, summary, out)
 
 
@@ -266,6 +280,10 @@ def parser():
                    help=f"{', '.join(sorted(DATASETS))} (default %(default)s: bundled, no files needed)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
     p.add_argument("--download", action="store_true", help="download MNIST / Fashion-MNIST through torchvision (needs a network)")
+    p.add_argument("--num-train", type=positive_int, metavar="N", help="use the first N training examples (synthetic data: generate N)")
+    p.add_argument("--num-test", type=positive_int, metavar="N", help="use the first N test examples (synthetic data: generate N)")
+    p.add_argument("--data-dim", type=positive_int, metavar="D", help="dimension of synthetic data (linear_gaussian; default 10)")
+    p.add_argument("--data-seed", type=int, metavar="S", help="seed of synthetic data (linear_gaussian; default 0)")
     p.add_argument("--binarize", choices=BINARIZE_MODES,
                    help="dynamic: resample x ~ Bernoulli(intensity) per minibatch; static: once, fixed seed; "
                         "none: keep intensities (default: the dataset's)")
@@ -280,6 +298,10 @@ def parser():
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
     p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<guide>-<timestamp>)")
+    p.add_argument("--eval-iwae-samples", type=positive_int, default=d.eval_iwae_samples, metavar="K",
+                   help="importance samples for the log-likelihood in summary.json (default %(default)s)")
+    p.add_argument("--eval-max-examples", type=positive_int, default=d.eval_max_examples, metavar="N",
+                   help="test examples for that estimate (default %(default)s)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first, so that models or guides it registers can be named (repeatable)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="print one line per epoch instead of progress bars")

@@ -1,0 +1,151 @@
+"""Evaluation against the linear-Gaussian model, whose log p(x) and p(z | x) are exact."""
+
+import json
+
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pyro_vae.evaluate as evaluate_module
+from pyro_vae.evaluate import active_units, elbo_terms, evaluate, log_likelihood, main
+from pyro_vae.fit import FitConfig, fit
+from pyro_vae.models.linear_gaussian import LinearGaussian
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """linear_gaussian fitted by SVI with the amortized guide (about 5 s)."""
+    out = tmp_path_factory.mktemp("lg") / "run"
+    config = FitConfig(dataset="linear_gaussian", latent_dim=2, hidden_dims=(64,), epochs=200, lr=1e-2,
+                       batch_size=100, out=str(out), eval_iwae_samples=100)
+    return fit(config, progress=False, log=lambda *a: None)
+
+
+def diagonal(q, scale=1.0):
+    """A diagonal Gaussian proposal with the moments of q, its std scaled."""
+    return dist.Normal(q.mean, scale * q.variance.sqrt()).to_event(1)
+
+
+def test_exact_posterior_proposal_gives_exact_log_likelihood_per_example(trained):
+    model, x = trained.model, trained.data.test_x
+    ll = log_likelihood(model, model.exact_posterior, x, num_samples=3)
+    with torch.no_grad():
+        exact = model.log_marginal(x)
+    assert ll.shape == (len(x),)
+    # with the true posterior every importance weight equals p(x)
+    assert torch.allclose(ll, exact, atol=1e-3)
+
+
+def test_importance_weighted_estimate_converges_to_exact(trained):
+    model, x = trained.model, trained.data.test_x[:200]
+    with torch.no_grad():
+        exact = model.log_marginal(x).mean().item()
+    proposal = lambda xb: diagonal(model.exact_posterior(xb), scale=2.0)  # noqa: E731  (a poor proposal)
+    gaps = {k: exact - log_likelihood(model, proposal, x, num_samples=k).mean().item() for k in (1, 10, 1000)}
+    assert gaps[1] > gaps[10] > gaps[1000] > -0.01  # a lower bound that tightens with K
+    assert gaps[1] > 0.3
+    assert abs(gaps[1000]) < 0.05
+    # the trained encoder as proposal, K = 1000, as the issue asks
+    encoder_ll = log_likelihood(model, trained.guide.posterior, x, num_samples=1000).mean().item()
+    assert abs(encoder_ll - exact) < 0.05
+
+
+def test_chunking_does_not_change_the_estimate(trained, monkeypatch):
+    model, x = trained.model, trained.data.test_x[:50]
+    proposal = lambda xb: diagonal(model.exact_posterior(xb), scale=1.5)  # noqa: E731
+    whole = log_likelihood(model, proposal, x, num_samples=400)
+    monkeypatch.setattr(evaluate_module, "CHUNK_ELEMENTS", 50 * 10 * 7)  # 7 particles a chunk
+    chunked = log_likelihood(model, proposal, x, num_samples=400)
+    assert abs(whole.mean() - chunked.mean()) < 0.02
+    assert (whole - chunked).abs().max() < 0.3
+
+
+def test_elbo_of_any_guide_is_below_exact(trained):
+    model, x = trained.model, trained.data.test_x
+    with torch.no_grad():
+        exact = model.log_marginal(x)
+    from pyro_vae.registry import get_guide
+
+    untrained = get_guide("amortized")(model, trained.data.num_train, (16,))
+    for proposal in (trained.guide.posterior, untrained.posterior, lambda xb: diagonal(model.exact_posterior(xb))):
+        reconstruction, kl, elbo = elbo_terms(model, proposal, x)
+        gap = exact - elbo
+        assert gap.mean() > -3 * gap.std() / len(x) ** 0.5
+        assert torch.allclose(elbo, reconstruction - kl)
+    # the diagonal Gaussian with exact means and marginal variances is not the
+    # mean-field optimum but it is a valid q: the bound holds strictly on average
+    assert (exact - elbo).mean() > 0
+
+
+def test_amortized_guide_recovers_exact_posterior_mean(trained):
+    model, guide, x = trained.model, trained.guide, trained.data.test_x
+    with torch.no_grad():
+        exact = model.exact_posterior(x)
+        q = guide.posterior(x)
+    error = (q.mean - exact.mean).abs().mean()
+    assert error < 0.25 * exact.stddev.mean(), (error, exact.stddev.mean())
+
+
+def test_svi_maximum_likelihood_matches_closed_form_ppca(trained):
+    model, x = trained.model, trained.data.train_x
+    w, b, sigma = LinearGaussian.maximum_likelihood(x, 2)
+    ml = LinearGaussian(x.shape[1], 2)
+    with torch.no_grad():
+        ml.weight.copy_(w)
+        ml.bias.copy_(b)
+        ml.raw_noise.copy_(torch.log(torch.expm1(sigma)))
+        # the closed form really is the maximum: it beats the SVI fit, by little
+        svi_ll, ml_ll = model.log_marginal(x).mean(), ml.log_marginal(x).mean()
+        assert 0 <= ml_ll - svi_ll < 0.02
+        assert abs(model.noise - sigma) / sigma < 0.03
+        assert (model.bias - b).abs().max() < 0.05
+        # W is identified up to rotation: compare W W^T
+        gram, ml_gram = model.weight @ model.weight.T, w @ w.T
+        assert (gram - ml_gram).norm() / ml_gram.norm() < 0.15
+
+
+def test_active_units_counts_dimensions_that_vary_with_x():
+    x = torch.randn(500, 3)
+    proposal = lambda xb: dist.Normal(torch.stack([xb[:, 0], 0.01 * xb[:, 1], torch.zeros(len(xb))], -1), 1.0).to_event(1)  # noqa: E731
+    count, variances = active_units(proposal, x)
+    assert count == 1 and variances.shape == (3,)
+
+
+def test_evaluate_reports_every_figure(trained):
+    results = evaluate(trained.model, trained.guide.posterior, trained.data.test_x[:100], num_samples=50)
+    for key in ["log_likelihood", "log_likelihood_se", "elbo", "reconstruction", "kl", "log_likelihood_minus_elbo",
+                "active_units", "exact_log_likelihood"]:
+        assert key in results
+    assert results["active_units"] == 2
+    assert results["log_likelihood"] >= results["elbo"] - 3 * results["elbo_se"]
+    assert abs(results["log_likelihood"] - results["exact_log_likelihood"]) < 0.1
+
+
+def test_fit_summary_has_log_likelihood(trained):
+    summary = json.loads((trained.out / "summary.json").read_text())
+    assert summary["log_likelihood_iwae_samples"] == 100
+    assert summary["log_likelihood"] >= summary["test_elbo"] - 0.2
+
+
+def test_evaluate_command_writes_eval_json(trained, capsys):
+    main([str(trained.out), "--iwae-samples", "20", "--max-examples", "50", "--no-progress"])
+    out = capsys.readouterr().out
+    assert "log p(x), importance-weighted" in out and "log p(x), exact" in out
+    results = json.loads((trained.out / "eval.json").read_text())
+    assert results["num_examples"] == 50 and results["iwae_samples"] == 20 and results["split"] == "test"
+
+
+def _exit(args, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    return info.value.code, capsys.readouterr().err
+
+
+def test_evaluate_errors_are_one_line(tmp_path, capsys):
+    code, err = _exit([str(tmp_path)], capsys)
+    assert code == 2 and "checkpoint.pt: no checkpoint there" in err and len(err.splitlines()) == 1
+    (tmp_path / "checkpoint.pt").write_text("not a checkpoint")
+    code, err = _exit([str(tmp_path)], capsys)
+    assert code == 2 and "checkpoint.pt: not a readable checkpoint" in err and len(err.splitlines()) == 1
+    code, err = _exit([str(tmp_path), "--iwae-samples", "0"], capsys)
+    assert code == 2 and "positive integer" in err
