@@ -126,8 +126,8 @@ def main():
     torch.manual_seed(args.seed + 1)
     elbos = {
         "pytorch": pytorch_test_elbo(vae, data.test_x),
-        "pyro_vae": elbo_per_example(*ours, data.test_x),
-        "stock_pyro": (pyro.clear_param_store(), elbo_per_example(*stock, data.test_x))[1],
+        "pyro_vae": elbo_per_example(ours[0], ours[1].posterior, data.test_x),
+        "stock_pyro": (pyro.clear_param_store(), elbo_per_example(stock[0], stock[1].posterior, data.test_x))[1],
     }
     base = statistics.median(times["pytorch"])
     print()

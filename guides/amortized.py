@@ -14,6 +14,8 @@ class AmortizedGuide(nn.Module):
     Kingma & Welling 2013). Works on any x, seen in training or not.
     """
 
+    amortized = True
+
     def __init__(self, model, num_data, hidden_dims=(400,)):
         super().__init__()
         self.latent_dim = model.latent_dim

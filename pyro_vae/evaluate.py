@@ -42,8 +42,10 @@ def log_joint_terms(model, x, z):
     Runs the model itself with z fixed (``poutine.condition``) inside a
     particle plate, so any model whose latent site is called ``"z"`` works;
     observed sites add to the first term, the other sample sites to the second.
+    Validation is off here: training already validated this model, and
+    checking the support of x for every chunk cost about 5% of evaluation.
     """
-    with pyro.plate("particles", z.shape[0], dim=-2):
+    with pyro.validation_enabled(False), pyro.plate("particles", z.shape[0], dim=-2):
         trace = poutine.trace(poutine.condition(model, data={"z": z})).get_trace(x)
     trace.compute_log_prob()
     log_lik = log_prior = 0.0
@@ -127,11 +129,6 @@ def evaluate(model, proposal, x, num_samples=5000, batch_size=100, progress=Fals
     return results
 
 
-def run_proposal(guide):
-    """q(z | x) for new x: the guide's ``posterior``."""
-    return guide.posterior
-
-
 def format_table(results):
     rows = [("log_likelihood", "log p(x), importance-weighted"), ("exact_log_likelihood", "log p(x), exact"),
             ("elbo", "ELBO"), ("reconstruction", "  reconstruction E[log p(x|z)]"), ("kl", "  KL(q || p)")]
@@ -169,7 +166,7 @@ def main(argv=None):
         pyro.set_rng_seed(args.seed)
         x = data.test_x if args.split == "test" else data.train_x
         x = x[: args.max_examples] if args.max_examples else x
-        results = evaluate(model, run_proposal(guide), x, args.iwae_samples, args.batch_size, args.progress)
+        results = evaluate(model, guide.posterior, x, args.iwae_samples, args.batch_size, args.progress)
         results.update(split=args.split, seed=args.seed, run_dir=str(args.run_dir))
         write_json(f"{args.run_dir}/eval.json", results)
     except (CheckpointError, DataError, UsageError) as error:

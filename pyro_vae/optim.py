@@ -8,6 +8,12 @@ an SVI step on CPU (see benchmarks/fit_speed.py). :class:`Adam` here is a
 ``torch.optim.Adam`` over all parameters, adding new ones as SVI meets them,
 in the order of their param-store names so that its state is the same in
 every process.
+
+Parameters with sparse gradients (the per-datapoint tables of the meanfield
+guide, ``nn.Embedding(sparse=True)``) go to a ``torch.optim.SparseAdam``
+instead: it updates only the rows a minibatch touched, with their own moment
+estimates (lazy Adam), so a local parameter moves only when its data point is
+visited, and a step costs the same whatever the dataset size.
 """
 
 import torch
@@ -21,14 +27,17 @@ class Adam(PyroOptim):
     ``clip_norm``, if given, rescales the gradients of all parameters jointly
     so their global L2 norm is at most ``clip_norm`` before each step.
     ``fused`` is passed to ``torch.optim.Adam`` (``None``: torch's default).
+    ``local_lr`` is the learning rate of sparse (per-datapoint) parameters,
+    which are stepped once per epoch rather than once per step (default: ``lr``).
     """
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), clip_norm=None, fused=None):
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), clip_norm=None, fused=None, local_lr=None):
         # PyroOptim's bookkeeping is per parameter; none of it is used here.
         self.options = {"lr": lr, "betas": betas, "fused": fused}
+        self.local_options = {"lr": local_lr or lr, "betas": betas}
         self.clip_norm = clip_norm
-        self.optimizer = None
-        self.names = []  # param-store names, in the optimizer's order
+        self.optimizers = {}  # "dense" -> Adam, "sparse" -> SparseAdam
+        self.names = {"dense": [], "sparse": []}  # param-store names, in each optimizer's order
         self._known = set()
         self._pending_state = None
 
@@ -36,36 +45,39 @@ class Adam(PyroOptim):
         new = [p for p in params if p not in self._known]
         if new:
             self._add(new)
-        if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.clip_norm)
-        self.optimizer.step()
+        if self.clip_norm is not None and "dense" in self.optimizers:
+            torch.nn.utils.clip_grad_norm_(self.optimizers["dense"].param_groups[0]["params"], self.clip_norm)
+        for optimizer in self.optimizers.values():
+            optimizer.step()
 
     def _add(self, params):
         store = pyro.get_param_store()
-        named = sorted(((store.param_name(p) or "", p) for p in params), key=lambda item: item[0])
-        self.names += [name for name, _ in named]
-        self._known.update(p for _, p in named)
-        tensors = [p for _, p in named]
-        if self.optimizer is None:
-            self.optimizer = torch.optim.Adam(tensors, **self.options)
-        else:
-            self.optimizer.param_groups[0]["params"].extend(tensors)
-        if self._pending_state is not None and self._pending_state["names"] == self.names:
-            self.optimizer.load_state_dict(self._pending_state["optimizer"])
-            self._pending_state = None
+        for name, p in sorted(((store.param_name(p) or "", p) for p in params), key=lambda item: item[0]):
+            kind = "sparse" if p.grad is not None and p.grad.is_sparse else "dense"
+            self.names[kind].append(name)
+            self._known.add(p)
+            if kind not in self.optimizers:
+                make = torch.optim.Adam if kind == "dense" else torch.optim.SparseAdam
+                self.optimizers[kind] = make([p], **(self.options if kind == "dense" else self.local_options))
+            else:
+                self.optimizers[kind].param_groups[0]["params"].append(p)
+        self._apply_pending_state()
 
     def get_state(self):
-        """Tensors and plain values only: ``{"names": [...], "optimizer": state_dict}``."""
-        if self.optimizer is None:
-            return {"names": [], "optimizer": {}}
-        return {"names": list(self.names), "optimizer": self.optimizer.state_dict()}
+        """Tensors and plain values only: ``{"names": {...}, "optimizers": {...}}``."""
+        return {"names": {k: list(v) for k, v in self.names.items()},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()}}
 
     def set_state(self, state):
         """Restore :meth:`get_state`; applied as soon as the same parameters
         (by name) are registered, i.e. at the first step after a resume."""
-        if not state["names"]:
-            return
         self._pending_state = state
-        if self.optimizer is not None and self.names == state["names"]:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self._pending_state = None
+        self._apply_pending_state()
+
+    def _apply_pending_state(self):
+        state = self._pending_state
+        if state is None or state["names"] != self.names:
+            return
+        for kind, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][kind])
+        self._pending_state = None

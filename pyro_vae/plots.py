@@ -73,7 +73,9 @@ def save_elbo_curves(path, metrics):
     ax = fig.add_subplot()
     epochs = [m["epoch"] for m in metrics]
     ax.plot(epochs, [m["train_elbo"] for m in metrics], label="train")
-    ax.plot(epochs, [m["test_elbo"] for m in metrics], label="test")
+    tested = [m for m in metrics if m["test_elbo"] is not None]
+    ax.plot([m["epoch"] for m in tested], [m["test_elbo"] for m in tested], "o-" if len(tested) < len(metrics) else "-",
+            label="test")
     ax.set(xlabel="epoch", ylabel="ELBO (nats per example)", title="ELBO")
     ax.legend()
     ax.grid(alpha=0.3)

@@ -15,6 +15,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.distributions import is_validation_enabled
 from tqdm.auto import tqdm
 
+from pyro_vae.building_blocks import data_plate
 from pyro_vae.optim import Adam
 
 ELBOS = {
@@ -23,15 +24,18 @@ ELBOS = {
 }
 
 
-def make_svi(model, guide, lr, elbo="trace"):
+def make_svi(model, guide, lr, elbo="trace", local_lr=None, clip_norm=None):
     """``SVI(model, guide, Adam(lr), ELBOS[elbo]())`` over a fresh param store.
+
+    ``local_lr`` is the learning rate of per-datapoint parameters (sparse
+    gradients); ``clip_norm`` clips the global gradient norm of the others.
 
     The param store is cleared because ``pyro.module`` returns a stored
     parameter of the same name rather than the module's own: a model built
     earlier in this process would otherwise shadow this one.
     """
     pyro.clear_param_store()
-    return SVI(model, guide, Adam(lr), loss=ELBOS[elbo]())
+    return SVI(model, guide, Adam(lr, local_lr=local_lr, clip_norm=clip_norm), loss=ELBOS[elbo]())
 
 
 def train_epoch(svi, data, batch_size, progress=True, description="train"):
@@ -62,14 +66,27 @@ def train_epoch(svi, data, batch_size, progress=True, description="train"):
     return total / num_data, time.perf_counter() - start
 
 
-@torch.no_grad()
-def elbo_per_example(model, guide, x, elbo="trace", batch_size=1000):
-    """The ELBO of ``guide`` for ``model`` on the rows of ``x``, in nats per
-    example: each batch is scored as a dataset of its own (plate scale 1),
-    the negated losses are summed and divided by ``len(x)``. One sample of
-    z per example, as in training."""
+def proposal_guide(proposal):
+    """A Pyro guide sampling z ~ ``proposal(x)`` (q(z | x) for the given rows)
+    inside the data plate: how a guide is scored on data it was not trained on."""
+
+    def guide(x, idx=None, num_data=None):
+        q = proposal(x)
+        with data_plate(x, idx, num_data):
+            pyro.sample("z", q)
+
+    return guide
+
+
+def elbo_per_example(model, proposal, x, elbo="trace", batch_size=1000):
+    """The ELBO of q(z | x) = ``proposal(x)`` for ``model`` on the rows of
+    ``x``, in nats per example: each batch is scored as a dataset of its own
+    (plate scale 1), the negated losses are summed and divided by
+    ``len(x)``. One sample of z per example, as in training."""
     loss_fn = ELBOS[elbo]()
+    guide = proposal_guide(proposal)
     total = 0.0
     for chunk in x.split(batch_size):
-        total -= loss_fn.loss(model, guide, chunk)
+        with torch.no_grad():
+            total -= loss_fn.loss(model, guide, chunk)
     return total / len(x)

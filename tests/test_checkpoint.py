@@ -72,7 +72,7 @@ def test_fit_checkpoint_round_trip(tmp_path):
     result = fit(FitConfig(epochs=2, latent_dim=3, hidden_dims=(32,), out=str(tmp_path / "run")), progress=False, log=lambda *a: None)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)  # tensors only
     assert state["epoch"] == 2 and len(state["metrics"]) == 2
-    assert state["optimizer"]["names"] and state["optimizer"]["optimizer"]["state"]
+    assert state["optimizer"]["names"]["dense"] and state["optimizer"]["optimizers"]["dense"]["state"]
     model, guide, data, config, _ = load_run(tmp_path / "run")
     for a, b in zip(result.model.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)

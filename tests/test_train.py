@@ -16,10 +16,10 @@ def _setup(seed=0):
 
 def test_elbo_rises_on_digits():
     data, model, guide = _setup()
-    before = elbo_per_example(model, guide, data.test_x)
+    before = elbo_per_example(model, guide.posterior, data.test_x)
     svi = make_svi(model, guide, lr=3e-3)
     history = [train_epoch(svi, data, 64, progress=False)[0] for _ in range(15)]
-    after = elbo_per_example(model, guide, data.test_x)
+    after = elbo_per_example(model, guide.posterior, data.test_x)
     assert after > before + 10, (before, after)
     assert history[-1] > history[0] + 5
     # nats per example for 64 binary pixels: bounded by 64 log 2 from the start
@@ -60,9 +60,9 @@ def test_elbo_per_example_is_full_data_scale():
     data, model, guide = _setup()
     x = data.test_x[:200]
     pyro.set_rng_seed(1)
-    whole = elbo_per_example(model, guide, x, batch_size=200)
+    whole = elbo_per_example(model, guide.posterior, x, batch_size=200)
     pyro.set_rng_seed(1)
-    chunked = elbo_per_example(model, guide, x, batch_size=50)
+    chunked = elbo_per_example(model, guide.posterior, x, batch_size=50)
     # same bound per example whatever the batching (different noise draws)
     assert abs(whole - chunked) < 0.5
     assert whole < 0
