@@ -101,6 +101,8 @@ def fit_local_posterior(model, x, num_particles=8, lr=0.05, max_steps=3000, wind
     log_scale.requires_grad_(True)
     optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
     frozen = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()  # frozen weights in a training module make pyro.module warn
     history, previous, steps = [], None, 0
     loc_sum, log_scale_sum = torch.zeros_like(loc), torch.zeros_like(log_scale)
     try:
@@ -129,6 +131,7 @@ def fit_local_posterior(model, x, num_particles=8, lr=0.05, max_steps=3000, wind
     finally:
         for p in frozen:
             p.requires_grad_(True)
+        model.train(was_training)
     n = len(history)
     if n == 0:  # stopped right after a window was reset: the current iterate
         return dist.Normal(loc.detach(), log_scale.detach().exp()).to_event(1), steps
