@@ -14,7 +14,9 @@ epoch), ``summary.json``, ``checkpoint.pt`` (tensors only) and the figures
 
 import json
 import platform
+import signal
 import sys
+from contextlib import contextmanager
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
@@ -25,12 +27,13 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae import __version__, plots
-from pyro_vae.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, write_json, write_text
+from pyro_vae.checkpoint import (CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json,
+                                 write_text)
 from pyro_vae.cli import ArgumentParser, UsageError, exit_with, import_user_modules, int_list, positive_float, positive_int
 from pyro_vae.data import BINARIZE_MODES, DATASETS, DataError, load_dataset
 from pyro_vae.evaluate import log_likelihood
 from pyro_vae.registry import get_guide, get_model, guide_names, model_names
-from pyro_vae.train import ELBOS, elbo_per_example, make_svi, train_epoch
+from pyro_vae.train import ELBOS, Interrupted, NonFiniteLoss, elbo_per_example, make_svi, train_epoch
 
 
 NON_AMORTIZED_TEST_EVERY = 10
@@ -57,6 +60,7 @@ class FitConfig:
     lr: float = 1e-3
     local_lr: float = 1e-2  # per-datapoint parameters (meanfield), stepped once per epoch each
     elbo: str = "trace"
+    clip_norm: float | None = None  # clip the global gradient norm of the (dense) parameters
     seed: int = 0
     device: str = "auto"
     out: str | None = None  # None: runs/<dataset>-<guide>-<timestamp>
@@ -182,12 +186,14 @@ def config_dict(config):
     return d
 
 
-def fit(config, progress=True, log=print):
+def fit(config, progress=True, log=print, should_stop=None):
     """Train ``config.model`` with ``config.guide`` by SVI; write the run directory.
 
     Each epoch: one pass of SVI steps over a fresh permutation, then the test
     ELBO (nats per example, one sample per test point), one line in
     ``metrics.jsonl`` and a checkpoint. Returns a :class:`FitResult`.
+    Raises :class:`Interrupted` when ``should_stop()`` turns true and
+    :class:`NonFiniteLoss` on a NaN loss; the last checkpoint stays good.
     """
     config.validate()
     device = resolve_device(config.device)
@@ -198,6 +204,39 @@ def fit(config, progress=True, log=print):
     config.binarize = data.binarize
     out = prepare_out(config.out or default_out(config))
     config.out = str(out)
+    write_config(out, config, data, device)
+    svi = make_svi(model, guide, config.lr, config.elbo, local_lr=config.local_lr, clip_norm=config.clip_norm)
+    # epoch 0: a checkpoint before any step, so even a run stopped in its
+    # first epoch can be resumed
+    save_checkpoint(out / "checkpoint.pt", checkpoint_state(model, guide, svi, 0, [], config))
+    return train_epochs(config, data, model, guide, svi, out, 0, [], progress, log, should_stop)
+
+
+def resume(run_dir, epochs=None, progress=True, log=print, should_stop=None):
+    """Continue the run in ``run_dir`` from its last checkpoint: model, guide,
+    optimizer and RNG states, epoch and metrics, so that on CPU the result is
+    the same as a run that was never stopped. ``epochs`` extends the run."""
+    out = Path(run_dir)
+    state = load_checkpoint(out / "checkpoint.pt")
+    config = config_from_checkpoint(state, out / "checkpoint.pt")
+    if epochs is not None:
+        config.epochs = epochs
+        config.validate()
+    device = resolve_device(config.device)
+    data = load_data(config, device)
+    model, guide = build(config, data)
+    load_states(model, guide, state, out / "checkpoint.pt")
+    svi = make_svi(model, guide, config.lr, config.elbo, local_lr=config.local_lr, clip_norm=config.clip_norm)
+    svi.optim.set_state(state["optimizer"])
+    set_rng_state(state["rng"])
+    write_config(out, config, data, device)
+    if state["epoch"] >= config.epochs:
+        raise UsageError(f"{out} already ran {state['epoch']} of {config.epochs} epochs; pass --epochs N to extend it")
+    log(f"resuming {out} after epoch {state['epoch']} of {config.epochs}")
+    return train_epochs(config, data, model, guide, svi, out, state["epoch"], state["metrics"], progress, log, should_stop)
+
+
+def write_config(out, config, data, device):
     write_json(out / "config.json", {
         **config_dict(config),
         "device_resolved": str(device),
@@ -207,22 +246,28 @@ def fit(config, progress=True, log=print):
         "versions": versions(),
         "command": sys.argv if __name__ == "__main__" else None,
     })
-    log(f"{model.name} + {config.guide} on {data.name} ({data.num_train} train, {len(data.test_x)} test, "
-        f"binarize {data.binarize}) on {device}; writing {out}")
 
-    svi = make_svi(model, guide, config.lr, config.elbo, local_lr=config.local_lr)
+
+def train_epochs(config, data, model, guide, svi, out, start_epoch, metrics, progress, log, should_stop):
+    """Epochs ``start_epoch + 1 .. config.epochs``, then figures and summary."""
+    log(f"{model.name} + {config.guide} on {data.name} ({data.num_train} train, {len(data.test_x)} test, "
+        f"binarize {data.binarize}) on {data.device}; writing {out}")
     # A guide without an encoder fits a fresh q(z) to each test point whenever
     # it is scored, so it is scored on the capped evaluation subset, every
     # NON_AMORTIZED_TEST_EVERY epochs and at the last (test_elbo null between).
     amortized = getattr(guide, "amortized", True)
     test_x = data.test_x if amortized else data.test_x[: config.eval_max_examples]
-    metrics = []
+    metrics = list(metrics)
     start = time.perf_counter()
-    epochs = tqdm(range(1, config.epochs + 1), desc="epochs", disable=not progress, unit="epoch")
+    epochs = tqdm(range(start_epoch + 1, config.epochs + 1), desc="epochs", disable=not progress, unit="epoch")
     for epoch in epochs:
         model.train()
         guide.train()
-        train_elbo, seconds = train_epoch(svi, data, config.batch_size, progress, f"epoch {epoch}")
+        try:
+            train_elbo, seconds = train_epoch(svi, data, config.batch_size, progress, f"epoch {epoch}", should_stop)
+        except (NonFiniteLoss, Interrupted) as error:
+            error.epoch, error.out = epoch, out
+            raise
         model.eval()
         guide.eval()
         test_elbo = None
@@ -256,29 +301,37 @@ def fit(config, progress=True, log=print):
     return FitResult(model, guide, data, config, metrics, summary, out)
 
 
-def load_run(run_dir, device="cpu"):
-    """Rebuild a run's model, guide and data from its directory (tensors only).
-
-    Raises :class:`CheckpointError` if the checkpoint is missing, unsafe or
-    does not fit the configuration."""
-    run_dir = Path(run_dir)
-    path = run_dir / "checkpoint.pt"
-    state = load_checkpoint(path)
+def config_from_checkpoint(state, path):
     try:
         saved = json.loads(state["config"])
         config = FitConfig(**{f.name: saved[f.name] for f in fields(FitConfig) if f.name in saved})
         config.hidden_dims = tuple(config.hidden_dims)
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: no usable configuration inside ({error})") from None
-    config.device = str(device)
-    data = load_data(config, resolve_device(config.device))
-    model, guide = build(config, data)
+    return config
+
+
+def load_states(model, guide, state, path):
     try:
         model.load_state_dict(state["model"])
         guide.load_state_dict(state["guide"])
-    except (KeyError, RuntimeError) as error:
+    except (KeyError, RuntimeError, ValueError) as error:
         first = str(error).strip().splitlines()[0]
         raise CheckpointError(f"{path}: does not match its configuration ({first})") from None
+
+
+def load_run(run_dir, device="cpu"):
+    """Rebuild a run's model, guide and data from its directory (tensors only).
+
+    Raises :class:`CheckpointError` if the checkpoint is missing, unsafe or
+    does not fit the configuration."""
+    path = Path(run_dir) / "checkpoint.pt"
+    state = load_checkpoint(path)
+    config = config_from_checkpoint(state, path)
+    config.device = str(device)
+    data = load_data(config, resolve_device(config.device))
+    model, guide = build(config, data)
+    load_states(model, guide, state, path)
     model.eval()
     guide.eval()
     return model, guide, data, config, state
@@ -303,13 +356,17 @@ def parser():
     p.add_argument("--latent-dim", type=positive_int, default=d.latent_dim, help="dimension of z (default %(default)s)")
     p.add_argument("--hidden-dims", type=int_list, default=d.hidden_dims, metavar="H[,H...]",
                    help="hidden layer widths from the data side; the decoder mirrors them (default 400)")
-    p.add_argument("--epochs", type=positive_int, default=d.epochs, help="passes over the training set (default %(default)s)")
+    p.add_argument("--epochs", type=positive_int, help=f"passes over the training set (default {d.epochs})")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="minibatch size (default %(default)s)")
     p.add_argument("--lr", type=positive_float, default=d.lr, help="Adam learning rate (default %(default)s)")
     p.add_argument("--local-lr", type=positive_float, default=d.local_lr,
                    help="learning rate of per-datapoint parameters (--guide meanfield) (default %(default)s)")
     p.add_argument("--elbo", choices=sorted(ELBOS), default=d.elbo,
                    help="trace: Trace_ELBO (Monte Carlo); meanfield: TraceMeanField_ELBO (analytic KL) (default %(default)s)")
+    p.add_argument("--clip-norm", type=positive_float, metavar="C",
+                   help="clip the global gradient norm of the model and encoder parameters to C (default: no clipping)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue RUN_DIR from its last checkpoint with its saved settings (--epochs N extends it)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
     p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<guide>-<timestamp>)")
@@ -323,14 +380,64 @@ def parser():
     return p
 
 
-def main(argv=None):
-    args = parser().parse_args(argv)
-    progress = args.progress
-    config = FitConfig(**{k: v for k, v in vars(args).items() if k != "progress"})
+class StopRequest:
+    """Set by SIGINT / SIGTERM; the training loop stops after the current step."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self):
+        return self.signal is not None
+
+
+@contextmanager
+def stop_on_signals():
+    """SIGINT and SIGTERM ask the run to stop cleanly; a second one interrupts at once."""
+    request = StopRequest()
+
+    def handle(signum, frame):
+        if request.signal is not None:
+            raise KeyboardInterrupt
+        request.signal = signum
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        fit(config, progress=progress, log=tqdm.write)
+        yield request
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+RESUME_FLAGS = {"resume", "epochs", "progress"}
+
+
+def main(argv=None):
+    p = parser()
+    args = p.parse_args(argv)
+    changed = {a.dest for a in p._actions if a.dest != "help" and getattr(args, a.dest) != a.default}
+    if args.resume and changed - RESUME_FLAGS:
+        flags = ", ".join(sorted("--" + d.replace("_", "-") for d in changed - RESUME_FLAGS))
+        exit_with("fit", f"--resume continues a run with its saved settings; only --epochs may change, not {flags}")
+    try:
+        with stop_on_signals() as stop:
+            if args.resume:
+                resume(args.resume, args.epochs, args.progress, tqdm.write, stop)
+            else:
+                settings = {k: v for k, v in vars(args).items() if k not in ("progress", "resume")}
+                settings["epochs"] = args.epochs or FitConfig.epochs
+                fit(FitConfig(**settings), args.progress, tqdm.write, stop)
     except (UsageError, DataError, CheckpointError) as error:
         exit_with("fit", error)
+    except Interrupted as error:
+        name = signal.Signals(stop.signal).name
+        print(f"fit: stopped by {name} during epoch {error.epoch}; {error.out}/checkpoint.pt holds epoch "
+              f"{error.epoch - 1}. Resume with: python -m pyro_vae.fit --resume {error.out}", file=sys.stderr)
+        sys.exit(128 + stop.signal)
+    except NonFiniteLoss as error:
+        exit_with("fit", f"non-finite loss ({error.loss}) at epoch {error.epoch}, step {error.step}; "
+                         f"{error.out}/checkpoint.pt still holds epoch {error.epoch - 1}. Likely causes: a learning "
+                         f"rate too high (lower --lr, or --clip-norm 10), data outside the likelihood's support, "
+                         f"or a scale collapsing to zero", status=1)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the ELBO in nats per example. ``elbo_per_example`` evaluates the same bound
 on a fixed dataset.
 """
 
+import math
 import time
 
 import pyro
@@ -38,7 +39,19 @@ def make_svi(model, guide, lr, elbo="trace", local_lr=None, clip_norm=None):
     return SVI(model, guide, Adam(lr, local_lr=local_lr, clip_norm=clip_norm), loss=ELBOS[elbo]())
 
 
-def train_epoch(svi, data, batch_size, progress=True, description="train"):
+class NonFiniteLoss(Exception):
+    """An SVI step returned a NaN or infinite loss."""
+
+    def __init__(self, step, loss):
+        super().__init__(f"step {step}: loss {loss}")
+        self.step, self.loss = step, loss
+
+
+class Interrupted(Exception):
+    """``should_stop()`` asked the loop to stop (a signal arrived)."""
+
+
+def train_epoch(svi, data, batch_size, progress=True, description="train", should_stop=None):
     """One pass over a fresh permutation of ``data``'s training set.
 
     Returns ``(train_elbo, seconds)``: the mean over minibatches of the
@@ -48,6 +61,9 @@ def train_epoch(svi, data, batch_size, progress=True, description="train"):
     Only the first step of the epoch runs with Pyro's argument and support
     validation (when it is enabled, Pyro's default): it catches shape and
     support mistakes, and checking every step cost about 5% of a step.
+
+    Raises :class:`NonFiniteLoss` at the first non-finite loss, and
+    :class:`Interrupted` after the step during which ``should_stop()`` became true.
     """
     num_data = data.num_train
     validate = is_validation_enabled()
@@ -58,6 +74,10 @@ def train_epoch(svi, data, batch_size, progress=True, description="train"):
         for step, idx in enumerate(bar, start=1):
             with pyro.validation_enabled(validate and step == 1):
                 loss = svi.step(data.train_batch(idx), idx, num_data)
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(step, loss)
+            if should_stop is not None and should_stop():
+                raise Interrupted()
             total += -loss * len(idx) / num_data
             if progress and step % 10 == 0:
                 bar.set_postfix(elbo=f"{total / min(step * batch_size, num_data):.2f}", refresh=False)

@@ -1,0 +1,174 @@
+"""Resume, signals, NaN guard, determinism and argument fuzzing."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pyro_vae import evaluate, fit as fit_module
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.cli import UsageError
+from pyro_vae.fit import FitConfig, fit, main, resume
+from pyro_vae.train import Interrupted, NonFiniteLoss
+
+QUIET = {"progress": False, "log": lambda *a: None}
+
+
+def small(out, guide="amortized", epochs=4):
+    return FitConfig(guide=guide, epochs=epochs, hidden_dims=(32,), batch_size=64, out=str(out),
+                     eval_iwae_samples=10, eval_max_examples=50)
+
+
+def same_state(dir_a, dir_b):
+    a, b = load_checkpoint(dir_a / "checkpoint.pt"), load_checkpoint(dir_b / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"]
+    for part in ("model", "guide"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            if isinstance(a[part][key], torch.Tensor):
+                assert torch.equal(a[part][key], b[part][key]), (part, key)
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]  # noqa: E731
+    assert strip(a["metrics"]) == strip(b["metrics"])
+
+
+class StopAfter:
+    """should_stop that turns true after ``n`` calls (one call per step)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self):
+        self.n -= 1
+        return self.n < 0
+
+
+@pytest.mark.parametrize("guide", ["amortized", "meanfield"])
+def test_stopped_and_resumed_equals_straight_through(tmp_path, guide):
+    fit(small(tmp_path / "straight", guide), **QUIET)
+    with pytest.raises(Interrupted) as info:
+        fit(small(tmp_path / "stopped", guide), should_stop=StopAfter(55), **QUIET)  # 24 steps an epoch
+    assert info.value.epoch == 3
+    assert load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")["epoch"] == 2
+    resume(tmp_path / "stopped", **QUIET)
+    same_state(tmp_path / "straight", tmp_path / "stopped")
+    summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
+    assert summary["epochs"] == 4
+
+
+def test_same_seed_same_numbers_for_every_guide(tmp_path):
+    for guide in ("amortized", "meanfield"):
+        fit(small(tmp_path / f"{guide}-a", guide, epochs=2), **QUIET)
+        fit(small(tmp_path / f"{guide}-b", guide, epochs=2), **QUIET)
+        same_state(tmp_path / f"{guide}-a", tmp_path / f"{guide}-b")
+
+
+def test_resume_can_extend_and_refuses_finished_runs(tmp_path):
+    fit(small(tmp_path / "run", epochs=2), **QUIET)
+    with pytest.raises(UsageError, match="already ran 2 of 2 epochs"):
+        resume(tmp_path / "run", **QUIET)
+    result = resume(tmp_path / "run", epochs=3, **QUIET)
+    assert [m["epoch"] for m in result.metrics] == [1, 2, 3]
+
+
+def test_resume_rejects_other_settings(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--resume", str(tmp_path), "--lr", "0.1"])
+    assert info.value.code == 2 and "only --epochs may change, not --lr" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, capsys):
+    import nan_model  # noqa: F401  (registers nan_after_30)
+
+    nan_model.NanAfter30.calls = 0
+    config = FitConfig(model="nan_after_30", epochs=5, hidden_dims=(16,), batch_size=128, out=str(tmp_path / "run"))
+    with pytest.raises(NonFiniteLoss) as info:
+        fit(config, **QUIET)
+    # 12 steps an epoch plus one test-ELBO call per 1000 test points after each
+    assert info.value.epoch == 3 and info.value.step >= 1
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 2
+    nan_model.NanAfter30.calls = 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--import", "nan_model", "--model", "nan_after_30", "--epochs", "5", "--hidden-dims", "16",
+              "--out", str(tmp_path / "cli"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert "non-finite loss (nan) at epoch 3" in err and "--lr" in err and "Traceback" not in err
+
+
+def test_clip_norm_bounds_the_gradient(tmp_path):
+    result = fit(FitConfig(epochs=1, hidden_dims=(16,), clip_norm=1e-3, out=str(tmp_path / "run")), **QUIET)
+    assert result.summary["epochs"] == 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["clip_norm"] == 1e-3
+
+
+def _run_fit(out, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae.fit", "--epochs", "12", "--hidden-dims", "32", "--batch-size", "16",
+         "--eval-iwae-samples", "10", "--out", str(out), "--no-progress", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(out, proc):
+    while not (out / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_killed_process_resumes_to_the_same_result(tmp_path, how):
+    straight = _run_fit(tmp_path / "straight")
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()
+    seconds = json.loads((tmp_path / "straight" / "summary.json").read_text())["seconds"]
+    rng = random.Random()
+    for attempt in range(5):  # a kill that lands after the run finished proves nothing: try again
+        out = tmp_path / f"killed{attempt}"
+        proc = _run_fit(out)
+        _wait_for_checkpoint(out, proc)
+        time.sleep(rng.uniform(0, 0.8 * seconds))
+        proc.send_signal(getattr(signal, how))
+        code = proc.wait(timeout=600)
+        if code != 0:
+            break
+    else:
+        pytest.fail("the run always finished before the signal")
+    err = proc.stderr.read()
+    if how == "SIGKILL":
+        assert code == -signal.SIGKILL
+    else:
+        assert code == 128 + signal.SIGINT, err
+        assert f"Resume with: python -m pyro_vae.fit --resume {out}" in err
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp") and how == "SIGINT"]
+    resumed = subprocess.run([sys.executable, "-m", "pyro_vae.fit", "--resume", str(out), "--no-progress"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    same_state(tmp_path / "straight", out)
+
+
+ARG_ATOMS = ["--model", "--guide", "--dataset", "--data-dir", "--binarize", "--latent-dim", "--hidden-dims",
+             "--epochs", "--batch-size", "--lr", "--elbo", "--seed", "--device", "--out", "--resume", "--clip-norm",
+             "--local-lr", "--num-train", "--iwae-samples", "--split", "--max-examples", "bernoulli_mlp", "amortized",
+             "meanfield", "digits", "mnist", "-1", "0", "1", "2.5", "nan", "inf", "1e9", "", "400,x", "cuda", "cpu",
+             "dynamic", "--", "-h"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.sampled_from(ARG_ATOMS), st.text(max_size=8)), max_size=8))
+def test_parsers_never_traceback(monkeypatch, argv):
+    """Random argument vectors: each command either parses or exits 0/2, never raises."""
+    ran = []
+    monkeypatch.setattr(fit_module, "fit", lambda config, *a, **k: (config.validate(), ran.append(config)))
+    monkeypatch.setattr(fit_module, "resume", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: ran.append(a))
+    for command in (fit_module.main, evaluate.main):
+        try:
+            command(list(argv))
+        except SystemExit as exit_info:
+            assert exit_info.code in (0, 2, None), (argv, exit_info.code)
