@@ -1,3 +1,3 @@
 """Variational families q(z | x). Importing this package registers them."""
 
-from . import amortized, meanfield  # noqa: F401  (registration)
+from . import amortized, meanfield, nuts  # noqa: F401  (registration)

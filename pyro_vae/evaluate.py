@@ -165,6 +165,9 @@ def main(argv=None):
         model, guide, data, config, _ = load_run(args.run_dir, device)
         pyro.set_rng_seed(args.seed)
         x = data.test_x if args.split == "test" else data.train_x
+        if config.guide == "nuts" and config.nuts_mode == "fixed-decoder" and args.split == "test":
+            # NUTS drew z for the first --subset test points only
+            x = x[: min(len(guide.keys), args.max_examples or len(x))]
         x = x[: args.max_examples] if args.max_examples else x
         results = evaluate(model, guide.posterior, x, args.iwae_samples, args.batch_size, args.progress)
         results.update(split=args.split, seed=args.seed, run_dir=str(args.run_dir))

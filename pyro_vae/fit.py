@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from pyro_vae import __version__, plots
 from pyro_vae.checkpoint import (CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json,
                                  write_text)
-from pyro_vae.cli import ArgumentParser, UsageError, exit_with, import_user_modules, int_list, positive_float, positive_int
+from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, import_user_modules, int_list, nonnegative_int,
+                          positive_float, positive_int)
 from pyro_vae.data import BINARIZE_MODES, DATASETS, DataError, load_dataset
 from pyro_vae.evaluate import log_likelihood
 from pyro_vae.registry import get_guide, get_model, guide_names, model_names
@@ -37,6 +38,7 @@ from pyro_vae.train import ELBOS, Interrupted, NonFiniteLoss, elbo_per_example, 
 
 
 NON_AMORTIZED_TEST_EVERY = 10
+NUTS_MODES = ("fixed-decoder", "mcem")
 
 
 @dataclass
@@ -64,6 +66,15 @@ class FitConfig:
     seed: int = 0
     device: str = "auto"
     out: str | None = None  # None: runs/<dataset>-<guide>-<timestamp>
+    # --guide nuts (see pyro_vae.nuts)
+    nuts_mode: str = "fixed-decoder"  # or "mcem"
+    decoder_from: str | None = None  # fixed-decoder: the run whose decoder is held fixed
+    subset: int = 100
+    chains: int = 4
+    warmup: int = 500
+    samples: int = 500
+    em_iterations: int = 20  # mcem: E-step / M-step rounds
+    m_steps: int = 20  # mcem: Adam steps on the decoder per round
     eval_iwae_samples: int = 1000  # K of the log-likelihood estimate in summary.json
     eval_max_examples: int = 1000  # on the first this many test examples
     imports: list = field(default_factory=list)  # user modules that register models/guides
@@ -78,6 +89,9 @@ class FitConfig:
             (self.local_lr > 0 and self.local_lr != float("inf"), f"local learning rate must be positive, got {self.local_lr}"),
             (all(h >= 1 for h in self.hidden_dims), f"hidden dims must be positive, got {self.hidden_dims}"),
             (self.elbo in ELBOS, f"elbo must be one of {', '.join(ELBOS)}, got {self.elbo!r}"),
+            (self.nuts_mode in NUTS_MODES, f"nuts mode must be one of {', '.join(NUTS_MODES)}, got {self.nuts_mode!r}"),
+            (min(self.subset, self.chains, self.samples, self.em_iterations, self.m_steps) >= 1 and self.warmup >= 0,
+             "--subset, --chains, --samples, --em-iterations and --m-steps must be positive, --warmup non-negative"),
             (self.binarize in (None, *BINARIZE_MODES), f"binarize must be one of {', '.join(BINARIZE_MODES)}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device must be auto, cpu or cuda, got {self.device!r}"),
@@ -196,6 +210,10 @@ def fit(config, progress=True, log=print, should_stop=None):
     :class:`NonFiniteLoss` on a NaN loss; the last checkpoint stays good.
     """
     config.validate()
+    if config.guide == "nuts":  # MCMC, not SVI: its own loop
+        from pyro_vae.nuts import fit_nuts
+
+        return fit_nuts(config, progress, log)
     device = resolve_device(config.device)
     pyro.set_rng_seed(config.seed)
     data = load_data(config, device)
@@ -370,6 +388,18 @@ def parser():
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
     p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<guide>-<timestamp>)")
+    nuts = p.add_argument_group("--guide nuts")
+    nuts.add_argument("--nuts-mode", choices=NUTS_MODES, default=d.nuts_mode,
+                      help="fixed-decoder: sample z of held-out points under --decoder-from's decoder; mcem: Monte "
+                           "Carlo EM from scratch on --subset training points (default %(default)s)")
+    nuts.add_argument("--decoder-from", metavar="RUN_DIR", help="the run whose decoder is held fixed")
+    nuts.add_argument("--subset", type=positive_int, default=d.subset, metavar="N", help="points (default %(default)s)")
+    nuts.add_argument("--chains", type=positive_int, default=d.chains, help="chains, run one after another (default %(default)s)")
+    nuts.add_argument("--warmup", type=nonnegative_int, default=d.warmup, help="warm-up steps per chain (default %(default)s)")
+    nuts.add_argument("--samples", type=positive_int, default=d.samples, help="draws per chain (default %(default)s)")
+    nuts.add_argument("--em-iterations", type=positive_int, default=d.em_iterations, help="mcem rounds (default %(default)s)")
+    nuts.add_argument("--m-steps", type=positive_int, default=d.m_steps,
+                      help="mcem: Adam steps (--lr) on the decoder per round (default %(default)s)")
     p.add_argument("--eval-iwae-samples", type=positive_int, default=d.eval_iwae_samples, metavar="K",
                    help="importance samples for the log-likelihood in summary.json (default %(default)s)")
     p.add_argument("--eval-max-examples", type=positive_int, default=d.eval_max_examples, metavar="N",

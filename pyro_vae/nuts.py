@@ -1,0 +1,243 @@
+"""NUTS on the same model: ``python -m pyro_vae.fit --guide nuts``, on a small subset.
+
+Two ways to fit (``--nuts-mode``):
+
+- ``fixed-decoder`` (with ``--decoder-from RUN_DIR``): the decoder trained in
+  another run is held fixed and NUTS samples the local latents z_1..z_N of
+  the first ``--subset`` held-out (test) points: the reference posterior
+  against which the encoder and the mean-field guide are judged.
+- ``mcem``: Monte Carlo EM from scratch on the first ``--subset`` training
+  points (Kingma & Welling 2013, section 5): alternate NUTS draws of the
+  subset's z given the decoder (E-step) with Adam steps on the decoder
+  weights maximising the Monte Carlo estimate of E_p(z|x)[log p(x | z)]
+  (M-step). The learned decoder is saved like any run's.
+
+Pyro facts respected here: NUTS differentiates only sample sites, so the
+decoder is frozen (``requires_grad_(False)``, eval mode: ``pyro.module``
+then registers nothing) and ``jit_compile=True`` traces the potential.
+Chains run one after another in this process: Pyro runs ``num_chains > 1``
+in separate processes, each importing torch and tracing anew, which on a
+2-core machine where torch already uses both cores buys nothing.
+
+A run directory holds ``posterior.nc`` (ArviZ InferenceData: posterior,
+sample_stats, observed_data), ``diagnostics.csv`` (``az.summary``: R-hat,
+bulk and tail ESS per latent coordinate), ``summary.json`` (divergences,
+worst R-hat and ESS, wall time) and ``checkpoint.pt`` (the decoder and the
+per-point Gaussians moment-matched to the draws, for ``evaluate``).
+"""
+
+import json
+import time
+import warnings
+from contextlib import contextmanager
+
+import arviz as az
+import pyro
+import torch
+from pyro.infer import MCMC, NUTS
+from pyro.infer.autoguide.initialization import init_to_value
+
+from pyro_vae.checkpoint import atomic_path, save_checkpoint, write_json, write_text
+from pyro_vae.cli import UsageError
+
+RHAT_LIMIT = 1.01
+MIN_ESS_PER_CHAIN = 100  # Vehtari et al. (2021): bulk and tail ESS of at least 100 per chain
+
+
+@contextmanager
+def frozen(model):
+    """The model with its weights fixed: no gradients, eval mode."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    for p, _ in flags:
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def sample_latents(model, x, chains=4, warmup=500, samples=500, init=None, seed=0, jit=True, progress=False):
+    """NUTS draws of z_1..z_N | x_1..x_N with the model's weights fixed.
+
+    ``init`` is a distribution over z with batch shape (N,) (an encoder's
+    q(z | x), say): each chain starts from its own draw of it, so that chains
+    start apart (R-hat needs that) but near the posterior. Without it chains
+    start from Pyro's default (uniform in [-2, 2]).
+
+    Returns (draws of shape (chains, samples, N, latent_dim), divergent
+    (chains, samples) bool, seconds of wall time for all chains).
+    """
+    draws, divergent = [], []
+    start = time.perf_counter()
+    with frozen(model):
+        for chain in range(chains):
+            pyro.set_rng_seed(seed + chain)
+            init_strategy = None if init is None else init_to_value(values={"z": init.sample().detach()})
+            options = {} if init_strategy is None else {"init_strategy": init_strategy}
+            kernel = NUTS(model, jit_compile=jit, ignore_jit_warnings=True, **options)
+            mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, disable_progbar=not progress)
+            with warnings.catch_warnings():
+                # torch >= 2.9 marks torch.jit.trace, which Pyro's jit_compile uses, as deprecated
+                warnings.filterwarnings("ignore", message=".*torch.jit.trace.*", category=FutureWarning)
+                mcmc.run(x)
+            draws.append(mcmc.get_samples()["z"].detach())
+            flags = torch.zeros(samples, dtype=torch.bool)
+            flags[list(mcmc.diagnostics()["divergences"]["chain 0"])] = True
+            divergent.append(flags)
+    return torch.stack(draws), torch.stack(divergent), time.perf_counter() - start
+
+
+def inference_data(draws, divergent, x):
+    """ArviZ InferenceData: posterior z (chain, draw, point, latent), sample
+    stats (diverging) and the observed data."""
+    return az.from_dict(
+        posterior={"z": draws.cpu().numpy()},
+        sample_stats={"diverging": divergent.cpu().numpy()},
+        observed_data={"x": x.cpu().numpy()},
+        dims={"z": ["point", "latent"], "x": ["point", "feature"]},
+    )
+
+
+def diagnose(idata, chains):
+    """(az.summary table, divergences, worst R-hat, min bulk/tail ESS, warnings)."""
+    summary = az.summary(idata, var_names=["z"], kind="diagnostics", round_to="none")
+    divergences = int(idata.sample_stats["diverging"].sum())
+    figures = {
+        "divergences": divergences,
+        "max_r_hat": float(summary["r_hat"].max()) if chains > 1 else None,
+        "min_ess_bulk": float(summary["ess_bulk"].min()),
+        "min_ess_tail": float(summary["ess_tail"].min()),
+    }
+    warnings = []
+    if figures["max_r_hat"] is not None and figures["max_r_hat"] > RHAT_LIMIT:
+        worst = summary["r_hat"].idxmax()
+        warnings.append(f"R-hat up to {figures['max_r_hat']:.3f} (> {RHAT_LIMIT}) at {worst}: chains disagree; "
+                        f"run longer (--warmup, --samples)")
+    if divergences:
+        warnings.append(f"{divergences} divergent transitions: the posterior has regions NUTS cannot explore "
+                        f"at this step size; results may be biased")
+    low = MIN_ESS_PER_CHAIN * chains
+    if figures["min_ess_bulk"] < low or figures["min_ess_tail"] < low:
+        warnings.append(f"low effective sample size (bulk {figures['min_ess_bulk']:.0f}, tail "
+                        f"{figures['min_ess_tail']:.0f} < {low}): run longer (--samples)")
+    return summary, figures, warnings
+
+
+def write_posterior(out, idata, summary):
+    with atomic_path(out / "posterior.nc") as tmp:
+        idata.to_netcdf(str(tmp), engine="h5netcdf")
+    with atomic_path(out / "diagnostics.csv") as tmp:
+        summary.to_csv(tmp)
+
+
+def monte_carlo_em(model, x, iterations, warmup, samples, m_steps, lr, seed=0, progress=False, log=print):
+    """Monte Carlo EM on the decoder of ``model`` for the points ``x``.
+
+    E-step: one NUTS chain (``warmup`` + ``samples``) draws z | x under the
+    current decoder, started from the previous E-step's last draw. M-step:
+    ``m_steps`` Adam steps on the decoder maximising the mean over draws of
+    sum_i log p(x_i | z_i^(s)). Returns the per-iteration history and the
+    last E-step's draws, shape (1, samples, N, latent_dim).
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    init, history = None, []
+    for iteration in range(1, iterations + 1):
+        draws, divergent, seconds = sample_latents(model, x, 1, warmup, samples, init, seed + iteration, progress=progress)
+        z = draws[0]  # (samples, N, L)
+        start = time.perf_counter()
+        model.train()
+        for _ in range(m_steps):
+            log_lik = model.likelihood(z).log_prob(x).sum(-1).mean()
+            optimizer.zero_grad()
+            (-log_lik).backward()
+            optimizer.step()
+        model.eval()
+        init = torch.distributions.Independent(torch.distributions.Normal(z[-1], 1e-3), 1)
+        record = {"iteration": iteration, "log_likelihood_given_z": log_lik.item() / len(x),
+                  "divergences": int(divergent.sum()), "seconds": seconds + time.perf_counter() - start}
+        history.append(record)
+        log(f"MCEM iteration {iteration:3d}: E[log p(x|z)] {record['log_likelihood_given_z']:9.3f} nats/point, "
+            f"{record['divergences']} divergences, {record['seconds']:.1f}s")
+    return history, draws
+
+
+def fit_nuts(config, progress=True, log=print):
+    """The ``--guide nuts`` run: see the module docstring."""
+    from pyro_vae.fit import (FitResult, build, config_dict, load_data, load_run, prepare_out, resolve_device,
+                              write_config)
+
+    config.validate()
+    if config.nuts_mode == "fixed-decoder" and not config.decoder_from:
+        raise UsageError("--guide nuts samples with a fixed decoder: pass --decoder-from RUN_DIR "
+                         "(or --nuts-mode mcem to learn one from scratch)")
+    device = resolve_device(config.device)
+    pyro.set_rng_seed(config.seed)
+    if config.nuts_mode == "fixed-decoder":
+        model, source_guide, data, source_config, _ = load_run(config.decoder_from, device)
+        for name in ("model", "dataset", "data_dir", "binarize", "latent_dim", "hidden_dims", "num_train", "num_test",
+                     "data_dim", "data_seed"):
+            setattr(config, name, getattr(source_config, name))
+        x = data.test_x
+        init_guide = source_guide if getattr(source_guide, "amortized", False) else None
+    else:
+        data = load_data(config, device)
+        config.guide = "amortized"  # build() needs an SVI guide for its sizes; only the model is used
+        model, _ = build(config, data)
+        config.guide = "nuts"
+        x = data.train_batch(torch.arange(data.num_train, device=device))
+        init_guide = None
+    if config.subset > len(x):
+        raise UsageError(f"--subset {config.subset} is larger than the {len(x)} points available")
+    x = x[: config.subset]
+    config.model, config.binarize = model.name, data.binarize
+    out = prepare_out(config.out or f"runs/{config.dataset}-nuts-{time.strftime('%Y%m%d-%H%M%S')}")
+    config.out = str(out)
+    write_config(out, config, data, device)
+    start = time.perf_counter()
+    history = []
+    if config.nuts_mode == "mcem":
+        history, _ = monte_carlo_em(model, x, config.em_iterations, config.warmup, config.samples, config.m_steps,
+                                    config.lr, config.seed, progress, log)
+        write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    init = None if init_guide is None else init_guide.posterior(x)
+    log(f"NUTS: {config.chains} chains x ({config.warmup} warm-up + {config.samples} draws) on {len(x)} points, "
+        f"latent dim {model.latent_dim}, one chain after another")
+    draws, divergent, sampling_seconds = sample_latents(model, x, config.chains, config.warmup, config.samples, init,
+                                                        config.seed, progress=progress)
+    idata = inference_data(draws, divergent, x)
+    summary_table, figures, warnings = diagnose(idata, config.chains)
+    write_posterior(out, idata, summary_table)
+
+    posterior = build_posterior(model, data, draws, x)
+    save_checkpoint(out / "checkpoint.pt", {
+        "model": model.state_dict(), "guide": posterior.state_dict(), "epoch": config.em_iterations
+        if config.nuts_mode == "mcem" else 0, "metrics": history, "config": json.dumps(config_dict(config)),
+    })
+    summary = {**figures, "chains": config.chains, "warmup": config.warmup, "samples": config.samples,
+               "subset": len(x), "sampling_seconds": sampling_seconds, "seconds": time.perf_counter() - start,
+               "seconds_per_point": sampling_seconds / len(x), "warnings": warnings}
+    write_json(out / "summary.json", summary)
+    r_hat = "n/a (one chain)" if figures["max_r_hat"] is None else f"{figures['max_r_hat']:.3f}"
+    log(f"NUTS done in {sampling_seconds:.1f}s: {figures['divergences']} divergences, max R-hat {r_hat}, "
+        f"min bulk ESS {figures['min_ess_bulk']:.0f}, min tail ESS {figures['min_ess_tail']:.0f}; wrote {out}")
+    for warning in warnings:
+        log(f"warning: {warning}")
+    return FitResult(model, posterior, data, config, history, summary, out)
+
+
+def build_posterior(model, data, draws, x):
+    from pyro_vae.registry import get_guide
+
+    posterior = get_guide("nuts")(model, data.num_train)
+    posterior.set_draws(x, draws)
+    return posterior
+
+
+def load_posterior(run_dir):
+    """The InferenceData of a NUTS run (``posterior.nc``)."""
+    return az.from_netcdf(f"{run_dir}/posterior.nc")
+
