@@ -1,0 +1,77 @@
+"""The comparison of encoder, mean-field and NUTS posteriors, checked against the exact linear-Gaussian answer."""
+
+import json
+
+import arviz as az
+import pytest
+
+from pyro_vae.compare import main, parser, run_compare
+
+SMALL = ["--subset", "30", "--chains", "2", "--warmup", "300", "--samples", "400", "--iwae-samples", "500",
+         "--elbo-samples", "400", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def linear_gaussian_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "lg"
+    args = parser().parse_args(["--dataset", "linear_gaussian", "--epochs", "30", "--out", str(out), *SMALL])
+    results, _ = run_compare(args, log=lambda *a: None)
+    return results, out
+
+
+def test_bounds_hold_against_the_exact_answer(linear_gaussian_report):
+    r, _ = linear_gaussian_report
+    exact = r["exact"]["log_likelihood"]
+    tolerance = 3 * r["amortization_gap_se"] + 0.01
+    assert r["amortized"]["elbo"] <= r["meanfield"]["elbo"] + tolerance
+    assert r["meanfield"]["elbo"] <= exact + 0.01
+    # the importance-weighted estimates with the NUTS proposal recover log p(x)
+    assert abs(r["nuts"]["log_likelihood"] - exact) < 0.02
+
+
+def test_nuts_moments_match_exact(linear_gaussian_report):
+    r, _ = linear_gaussian_report
+    assert r["exact"]["mean_error"] < 0.05
+    assert abs(r["exact"]["sd_ratio"] - 1) < 0.05
+    assert r["exact"]["kl_to_nuts"] < 0.01
+
+
+def test_approximation_gap_equals_the_exact_one(linear_gaussian_report):
+    r, _ = linear_gaussian_report
+    assert abs(r["approximation_gap"] - r["exact_approximation_gap"]) < 0.02
+    assert r["approximation_gap"] > 0 and r["amortization_gap"] > -3 * r["amortization_gap_se"]
+
+
+def test_outputs(linear_gaussian_report):
+    r, out = linear_gaussian_report
+    saved = json.loads((out / "report.json").read_text())
+    for name in ("amortized", "meanfield", "nuts", "exact", "approximation_gap", "amortization_gap"):
+        assert name in saved
+    for name in ("amortized", "meanfield", "nuts"):
+        idata = az.from_netcdf(out / f"{name}.nc")
+        assert idata.posterior["z"].shape[-2:] == (30, 2)
+    assert (out / "forest.png").stat().st_size > 0 and (out / "ellipses.png").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "| exact |" in report and "amortization gap" in report
+
+
+def test_latent_dim_one_skips_ellipses_with_a_note(tmp_path):
+    args = parser().parse_args(["--dataset", "linear_gaussian", "--latent-dim", "1", "--epochs", "5", "--out",
+                                str(tmp_path / "c"), "--subset", "10", "--chains", "2", "--warmup", "100",
+                                "--samples", "100", "--iwae-samples", "50", "--elbo-samples", "50", "--no-progress"])
+    results, out = run_compare(args, log=lambda *a: None)
+    assert not (out / "ellipses.png").exists()
+    assert any("ellipses.png skipped" in note for note in results["notes"])
+    assert "ellipses.png skipped" in (out / "report.md").read_text()
+
+
+def test_usage_errors(tmp_path, capsys, linear_gaussian_report):
+    _, out = linear_gaussian_report
+    run = out / "amortized-run"
+    for args, message in [(["--run", str(run), "--subset", "100000"], "larger than"),
+                          (["--run", str(run), "--dataset", "digits"], "trained on linear_gaussian"),
+                          (["--run", str(tmp_path / "none")], "no checkpoint")]:
+        with pytest.raises(SystemExit) as info:
+            main([*args, "--out", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and message in err and len(err.splitlines()) == 1, err
