@@ -1,8 +1,11 @@
 """The generative model p(z) p(x | z) that every inference method shares."""
 
+from contextlib import contextmanager
+
 import pyro
 import pyro.distributions as dist
 from torch import nn
+from torch.func import functional_call
 
 from pyro_vae.building_blocks import data_plate
 
@@ -10,10 +13,19 @@ from pyro_vae.building_blocks import data_plate
 class LatentVariableModel(nn.Module):
     """p(z) = N(0, I) on R^latent_dim and a likelihood p(x | z) on R^data_dim.
 
-    Subclasses implement :meth:`likelihood`. The decoder's weights are point
-    estimates registered with ``pyro.module``; the model says nothing about
-    how p(z | x) will be approximated (an encoder, per-point mean-field
-    Gaussians or NUTS all run this same program).
+    Subclasses implement :meth:`likelihood`, calling the decoder network
+    through :meth:`decode`. The decoder's weights are point estimates
+    registered with ``pyro.module``; the model says nothing about how
+    p(z | x) will be approximated (an encoder, per-point mean-field Gaussians
+    or NUTS all run this same program).
+
+    With ``bayesian_decoder = True`` (``--bayesian-decoder``) the decoder
+    weights are random too: theta ~ N(0, I), one site ``decoder.<name>`` per
+    weight tensor, drawn once per run of the model and outside the data plate,
+    so the ELBO counts KL(q(theta) || p(theta)) once per estimate of the
+    full-data bound (once per epoch's worth of data, not once per minibatch).
+    Setting ``decoder_values`` (a dict of tensors) fixes theta instead, e.g. to
+    the posterior mean for evaluation.
 
     Constructor arguments are the same for every model, so the command line
     and checkpoints can rebuild any of them: ``data_dim``, ``latent_dim`` and
@@ -22,6 +34,8 @@ class LatentVariableModel(nn.Module):
     """
 
     name = None  # set by @register_model
+    bayesian_decoder = False
+    decoder_values = None
 
     def __init__(self, data_dim, latent_dim, hidden_dims=()):
         super().__init__()
@@ -40,13 +54,34 @@ class LatentVariableModel(nn.Module):
         """p(x | z): a distribution with event shape (data_dim,)."""
         raise NotImplementedError
 
+    def decode(self, z):
+        """The decoder network at z, with this run's weights: the point
+        estimates, or theta when the decoder is Bayesian."""
+        if self.decoder_values is None:
+            return self.decoder(z)
+        return functional_call(self.decoder, self.decoder_values, (z,))
+
+    def decoder_prior(self):
+        """p(theta) = N(0, I) for each decoder weight tensor, by parameter name."""
+        return {name: dist.Normal(p.new_zeros(p.shape), 1.0).to_event(p.dim())
+                for name, p in self.decoder.named_parameters()}
+
+    @contextmanager
+    def _weights(self):
+        """Register point-estimate weights, or draw theta ~ p(theta) for this run."""
+        if not self.bayesian_decoder or self.decoder_values is not None:
+            pyro.module(self.name, self)
+            yield
+            return
+        self.decoder_values = {name: pyro.sample(f"decoder.{name}", prior)
+                               for name, prior in self.decoder_prior().items()}
+        try:
+            yield
+        finally:
+            self.decoder_values = None
+
     def forward(self, x, idx=None, num_data=None):
         """The Pyro model: z_i ~ p(z), x_i ~ p(x | z_i) for the rows ``idx``."""
-        pyro.module(self.name, self)
-        with data_plate(x, idx, num_data):
+        with self._weights(), data_plate(x, idx, num_data):
             z = pyro.sample("z", self.prior(x))
             pyro.sample("x", self.likelihood(z), obs=x)
-
-    def log_joint(self, x, z):
-        """log p(x, z) per example; ``z`` may carry extra leading sample dims."""
-        return self.likelihood(z).log_prob(x) + dist.Normal(0.0, 1.0).log_prob(z).sum(-1)

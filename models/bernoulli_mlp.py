@@ -18,4 +18,4 @@ class BernoulliMLP(LatentVariableModel):
         self.decoder = mlp([latent_dim, *reversed(hidden_dims), data_dim])
 
     def likelihood(self, z):
-        return dist.Bernoulli(logits=self.decoder(z)).to_event(1)
+        return dist.Bernoulli(logits=self.decode(z)).to_event(1)

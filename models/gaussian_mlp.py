@@ -26,5 +26,5 @@ class GaussianMLP(LatentVariableModel):
         self.decoder = mlp([latent_dim, *reversed(hidden_dims), 2 * data_dim])
 
     def likelihood(self, z):
-        loc, scale = self.decoder(z).chunk(2, dim=-1)
+        loc, scale = self.decode(z).chunk(2, dim=-1)
         return dist.Normal(torch.sigmoid(loc), F.softplus(scale) + self.min_scale).to_event(1)

@@ -24,7 +24,7 @@ import math
 import pyro
 import pyro.poutine as poutine
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_vae.checkpoint import CheckpointError, write_json
 from pyro_vae.cli import ArgumentParser, UsageError, exit_with, positive_int

@@ -13,6 +13,7 @@ epoch), ``summary.json``, ``checkpoint.pt`` (tensors only) and the figures
 """
 
 import json
+import os
 import platform
 import signal
 import sys
@@ -24,15 +25,16 @@ from pathlib import Path
 
 import pyro
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
-from pyro_vae import __version__, plots
+from pyro_vae import __version__, distributed, plots
 from pyro_vae.checkpoint import (CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json,
                                  write_text)
 from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, import_user_modules, int_list, nonnegative_int,
                           positive_float, positive_int)
 from pyro_vae.data import BINARIZE_MODES, DATASETS, DataError, load_dataset
 from pyro_vae.evaluate import log_likelihood
+from pyro_vae.guides.decoder_posterior import DecoderPosterior, WithDecoderPosterior
 from pyro_vae.registry import get_guide, get_model, guide_names, model_names
 from pyro_vae.train import ELBOS, Interrupted, NonFiniteLoss, elbo_per_example, make_svi, train_epoch
 
@@ -63,6 +65,7 @@ class FitConfig:
     local_lr: float = 1e-2  # per-datapoint parameters (meanfield), stepped once per epoch each
     elbo: str = "trace"
     clip_norm: float | None = None  # clip the global gradient norm of the (dense) parameters
+    bayesian_decoder: bool = False  # N(0, I) priors on decoder weights, mean-field q(theta) ("full VB")
     seed: int = 0
     device: str = "auto"
     out: str | None = None  # None: runs/<dataset>-<guide>-<timestamp>
@@ -135,7 +138,41 @@ def build(config, data):
         )
     model = model_cls(data.data_dim, config.latent_dim, config.hidden_dims).to(data.device)
     guide = guide_cls(model, data.num_train, config.hidden_dims).to(data.device)
+    if config.bayesian_decoder:
+        if not isinstance(getattr(model, "decoder", None), torch.nn.Module) or config.guide == "nuts":
+            raise UsageError(f"--bayesian-decoder needs a model with a decoder network and an SVI guide, "
+                             f"not {model.name} with {config.guide}")
+        model.bayesian_decoder = True
+        guide = WithDecoderPosterior(guide, DecoderPosterior(model).to(data.device))
     return model, guide
+
+
+@contextmanager
+def evaluation_decoder(model, guide):
+    """Inside, a Bayesian decoder is fixed at its posterior mean E_q[theta]
+    (the plug-in decoder every evaluation uses); point estimates are untouched."""
+    if not model.bayesian_decoder:
+        yield
+        return
+    model.decoder_values = guide.decoder_posterior.mean()
+    try:
+        yield
+    finally:
+        model.decoder_values = None
+
+
+def decoder_means(model, guide, z, draws=16):
+    """E[x | z] from the decoder; with a Bayesian decoder, averaged over ``draws`` theta ~ q(theta)."""
+    if not model.bayesian_decoder:
+        return model.likelihood(z).mean
+    total = 0.0
+    try:
+        for _ in range(draws):
+            model.decoder_values = guide.decoder_posterior.sample()
+            total = total + model.likelihood(z).mean
+    finally:
+        model.decoder_values = None
+    return total / draws
 
 
 def load_data(config, device):
@@ -157,11 +194,15 @@ def default_out(config):
     return Path("runs") / f"{config.dataset}-{config.guide}-{stamp}"
 
 
-def prepare_out(out):
+def prepare_out(out, cluster=None):
+    """Check that ``out`` is new or empty on every rank, then create it on the main rank."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {out}: already exists and is not empty; choose a new directory")
-    out.mkdir(parents=True, exist_ok=True)
+    if cluster is not None and cluster.active:
+        out = Path(cluster.broadcast_object(str(out)))  # rank 0's name (default names carry a timestamp)
+    if cluster is None or cluster.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -172,14 +213,15 @@ def save_figures(out, model, guide, data, metrics):
     model.eval()
     guide.eval()
     x = data.test_x[:2000]
-    z_mean = guide.posterior(x).mean
+    with evaluation_decoder(model, guide):
+        z_mean = guide.posterior(x).mean
     plots.save_latent_scatter(out / "latent.png", z_mean, None if data.test_y is None else data.test_y[:2000])
     if data.image_shape is None:
         return
-    reconstruction = model.likelihood(z_mean[:32]).mean
+    reconstruction = decoder_means(model, guide, z_mean[:32])
     plots.save_reconstructions(out / "reconstructions.png", x[:32], reconstruction, data.image_shape)
     z = torch.randn(64, model.latent_dim, device=data.device)
-    plots.save_image_grid(out / "samples.png", model.likelihood(z).mean, data.image_shape)
+    plots.save_image_grid(out / "samples.png", decoder_means(model, guide, z), data.image_shape)
 
 
 def checkpoint_state(model, guide, svi, epoch, metrics, config):
@@ -214,20 +256,26 @@ def fit(config, progress=True, log=print, should_stop=None):
         from pyro_vae.nuts import fit_nuts
 
         return fit_nuts(config, progress, log)
-    device = resolve_device(config.device)
-    pyro.set_rng_seed(config.seed)
-    data = load_data(config, device)
-    model, guide = build(config, data)
-    config.model = model.name
-    config.binarize = data.binarize
-    out = prepare_out(config.out or default_out(config))
-    config.out = str(out)
-    write_config(out, config, data, device)
-    svi = make_svi(model, guide, config.lr, config.elbo, local_lr=config.local_lr, clip_norm=config.clip_norm)
-    # epoch 0: a checkpoint before any step, so even a run stopped in its
-    # first epoch can be resumed
-    save_checkpoint(out / "checkpoint.pt", checkpoint_state(model, guide, svi, 0, [], config))
-    return train_epochs(config, data, model, guide, svi, out, 0, [], progress, log, should_stop)
+    cluster, device_name = distributed.start(config.device)
+    try:
+        device = resolve_device(device_name)
+        pyro.set_rng_seed(config.seed + cluster.rank)  # ranks draw different noise
+        data = load_data(config, device)
+        model, guide = build(config, data)
+        cluster.broadcast_modules(model, guide)
+        config.model = model.name
+        config.binarize = data.binarize
+        out = prepare_out(config.out or default_out(config), cluster)
+        config.out = str(out)
+        svi = make_svi(model, guide, config.lr, config.elbo, local_lr=config.local_lr, clip_norm=config.clip_norm)
+        if cluster.is_main:
+            write_config(out, config, data, device, cluster)
+            # epoch 0: a checkpoint before any step, so even a run stopped in
+            # its first epoch can be resumed
+            save_checkpoint(out / "checkpoint.pt", checkpoint_state(model, guide, svi, 0, [], config))
+        return train_epochs(config, data, model, guide, svi, out, 0, [], progress, log, should_stop, cluster)
+    finally:
+        distributed.stop(cluster)
 
 
 def resume(run_dir, epochs=None, progress=True, log=print, should_stop=None):
@@ -240,24 +288,33 @@ def resume(run_dir, epochs=None, progress=True, log=print, should_stop=None):
     if epochs is not None:
         config.epochs = epochs
         config.validate()
-    device = resolve_device(config.device)
-    data = load_data(config, device)
-    model, guide = build(config, data)
-    load_states(model, guide, state, out / "checkpoint.pt")
-    svi = make_svi(model, guide, config.lr, config.elbo, local_lr=config.local_lr, clip_norm=config.clip_norm)
-    svi.optim.set_state(state["optimizer"])
-    set_rng_state(state["rng"])
-    write_config(out, config, data, device)
     if state["epoch"] >= config.epochs:
         raise UsageError(f"{out} already ran {state['epoch']} of {config.epochs} epochs; pass --epochs N to extend it")
-    log(f"resuming {out} after epoch {state['epoch']} of {config.epochs}")
-    return train_epochs(config, data, model, guide, svi, out, state["epoch"], state["metrics"], progress, log, should_stop)
+    cluster, device_name = distributed.start(config.device)
+    try:
+        device = resolve_device(device_name)
+        data = load_data(config, device)
+        model, guide = build(config, data)
+        load_states(model, guide, state, out / "checkpoint.pt")
+        svi = make_svi(model, guide, config.lr, config.elbo, local_lr=config.local_lr, clip_norm=config.clip_norm)
+        svi.optim.set_state(state["optimizer"])
+        set_rng_state(state["rng"])  # rank 0's: exact for one process
+        if cluster.rank > 0:  # other ranks: their own noise, the same in every resume
+            pyro.set_rng_seed(config.seed + cluster.rank + 7919 * state["epoch"])
+        if cluster.is_main:
+            write_config(out, config, data, device, cluster)
+        log(f"resuming {out} after epoch {state['epoch']} of {config.epochs}")
+        return train_epochs(config, data, model, guide, svi, out, state["epoch"], state["metrics"], progress, log,
+                            should_stop, cluster)
+    finally:
+        distributed.stop(cluster)
 
 
-def write_config(out, config, data, device):
+def write_config(out, config, data, device, cluster):
     write_json(out / "config.json", {
         **config_dict(config),
         "device_resolved": str(device),
+        "world_size": cluster.world_size,
         "num_train": data.num_train,
         "num_test": len(data.test_x),
         "data_dim": data.data_dim,
@@ -266,10 +323,14 @@ def write_config(out, config, data, device):
     })
 
 
-def train_epochs(config, data, model, guide, svi, out, start_epoch, metrics, progress, log, should_stop):
-    """Epochs ``start_epoch + 1 .. config.epochs``, then figures and summary."""
+def train_epochs(config, data, model, guide, svi, out, start_epoch, metrics, progress, log, should_stop, cluster):
+    """Epochs ``start_epoch + 1 .. config.epochs``, then figures and summary.
+    Every rank trains; only the main rank evaluates and writes."""
+    if not cluster.is_main:
+        progress, log = False, (lambda *args: None)
+    ranks = f" x {cluster.world_size} processes" if cluster.active else ""
     log(f"{model.name} + {config.guide} on {data.name} ({data.num_train} train, {len(data.test_x)} test, "
-        f"binarize {data.binarize}) on {data.device}; writing {out}")
+        f"binarize {data.binarize}) on {data.device}{ranks}; writing {out}")
     # A guide without an encoder fits a fresh q(z) to each test point whenever
     # it is scored, so it is scored on the capped evaluation subset, every
     # NON_AMORTIZED_TEST_EVERY epochs and at the last (test_elbo null between).
@@ -282,15 +343,19 @@ def train_epochs(config, data, model, guide, svi, out, start_epoch, metrics, pro
         model.train()
         guide.train()
         try:
-            train_elbo, seconds = train_epoch(svi, data, config.batch_size, progress, f"epoch {epoch}", should_stop)
+            train_elbo, seconds = train_epoch(svi, data, config.batch_size, progress, f"epoch {epoch}", should_stop,
+                                              cluster)
         except (NonFiniteLoss, Interrupted) as error:
             error.epoch, error.out = epoch, out
             raise
         model.eval()
         guide.eval()
+        if not cluster.is_main:
+            continue
         test_elbo = None
         if amortized or epoch % NON_AMORTIZED_TEST_EVERY == 0 or epoch == config.epochs:
-            test_elbo = elbo_per_example(model, guide.posterior, test_x, config.elbo)
+            with evaluation_decoder(model, guide):
+                test_elbo = elbo_per_example(model, guide.posterior, test_x, config.elbo)
         metrics.append({"epoch": epoch, "train_elbo": train_elbo, "test_elbo": test_elbo, "seconds": seconds})
         write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
         save_checkpoint(out / "checkpoint.pt", checkpoint_state(model, guide, svi, epoch, metrics, config))
@@ -299,9 +364,12 @@ def train_epochs(config, data, model, guide, svi, out, start_epoch, metrics, pro
         if not progress:
             log(f"epoch {epoch:4d}  train ELBO {train_elbo:10.3f}  test ELBO {test_text:>10}  {seconds:6.2f}s")
 
+    if not cluster.is_main:
+        return FitResult(model, guide, data, config, metrics, None, out)
     save_figures(out, model, guide, data, metrics)
     x = data.test_x[: config.eval_max_examples]
-    ll = log_likelihood(model, guide.posterior, x, config.eval_iwae_samples, progress=progress)
+    with evaluation_decoder(model, guide):
+        ll = log_likelihood(model, guide.posterior, x, config.eval_iwae_samples, progress=progress)
     last = metrics[-1]
     summary = {
         "train_elbo": last["train_elbo"],
@@ -350,6 +418,8 @@ def load_run(run_dir, device="cpu"):
     data = load_data(config, resolve_device(config.device))
     model, guide = build(config, data)
     load_states(model, guide, state, path)
+    if model.bayesian_decoder:  # evaluation and comparison use the plug-in decoder E_q[theta]
+        model.decoder_values = guide.decoder_posterior.mean()
     model.eval()
     guide.eval()
     return model, guide, data, config, state
@@ -381,6 +451,9 @@ def parser():
                    help="learning rate of per-datapoint parameters (--guide meanfield) (default %(default)s)")
     p.add_argument("--elbo", choices=sorted(ELBOS), default=d.elbo,
                    help="trace: Trace_ELBO (Monte Carlo); meanfield: TraceMeanField_ELBO (analytic KL) (default %(default)s)")
+    p.add_argument("--bayesian-decoder", action="store_true",
+                   help="N(0, I) priors on the decoder weights and a mean-field Gaussian q(theta) over them "
+                        "(full VB); evaluation uses the decoder at E_q[theta], figures average 16 draws")
     p.add_argument("--clip-norm", type=positive_float, metavar="C",
                    help="clip the global gradient norm of the model and encoder parameters to C (default: no clipping)")
     p.add_argument("--resume", metavar="RUN_DIR",
@@ -441,9 +514,15 @@ def stop_on_signals():
 RESUME_FLAGS = {"resume", "epochs", "progress"}
 
 
+def quiet_exit(prog, error, status=2):
+    sys.exit(status)
+
+
 def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    report = exit_with if main_rank else quiet_exit  # under torchrun, rank 0 alone reports
     changed = {a.dest for a in p._actions if a.dest != "help" and getattr(args, a.dest) != a.default}
     if args.resume and changed - RESUME_FLAGS:
         flags = ", ".join(sorted("--" + d.replace("_", "-") for d in changed - RESUME_FLAGS))
@@ -457,14 +536,16 @@ def main(argv=None):
                 settings["epochs"] = args.epochs or FitConfig.epochs
                 fit(FitConfig(**settings), args.progress, tqdm.write, stop)
     except (UsageError, DataError, CheckpointError) as error:
-        exit_with("fit", error)
+        report("fit", error)
     except Interrupted as error:
-        name = signal.Signals(stop.signal).name
-        print(f"fit: stopped by {name} during epoch {error.epoch}; {error.out}/checkpoint.pt holds epoch "
-              f"{error.epoch - 1}. Resume with: python -m pyro_vae.fit --resume {error.out}", file=sys.stderr)
-        sys.exit(128 + stop.signal)
+        signum = stop.signal or signal.SIGTERM  # a rank stopped by another rank's signal
+        if main_rank:
+            print(f"fit: stopped by {signal.Signals(signum).name} during epoch {error.epoch}; {error.out}/checkpoint.pt "
+                  f"holds epoch {error.epoch - 1}. Resume with: python -m pyro_vae.fit --resume {error.out}",
+                  file=sys.stderr)
+        sys.exit(128 + signum)
     except NonFiniteLoss as error:
-        exit_with("fit", f"non-finite loss ({error.loss}) at epoch {error.epoch}, step {error.step}; "
+        report("fit", f"non-finite loss ({error.loss}) at epoch {error.epoch}, step {error.step}; "
                          f"{error.out}/checkpoint.pt still holds epoch {error.epoch - 1}. Likely causes: a learning "
                          f"rate too high (lower --lr, or --clip-norm 10), data outside the likelihood's support, "
                          f"or a scale collapsing to zero", status=1)

@@ -27,6 +27,7 @@ per-point Gaussians moment-matched to the draws, for ``evaluate``).
 """
 
 import json
+import os
 import time
 import warnings
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from pyro.infer.autoguide.initialization import init_to_value
 
 from pyro_vae.checkpoint import atomic_path, save_checkpoint, write_json, write_text
 from pyro_vae.cli import UsageError
+from pyro_vae.distributed import Cluster
 
 RHAT_LIMIT = 1.01
 MIN_ESS_PER_CHAIN = 100  # Vehtari et al. (2021): bulk and tail ESS of at least 100 per chain
@@ -134,14 +136,16 @@ def write_posterior(out, idata, summary):
         summary.to_csv(tmp)
 
 
-def monte_carlo_em(model, x, iterations, warmup, samples, m_steps, lr, seed=0, progress=False, log=print):
+def monte_carlo_em(model, x, iterations, warmup, samples, m_steps, lr, seed=0, progress=False, log=print,
+                   on_iteration=None):
     """Monte Carlo EM on the decoder of ``model`` for the points ``x``.
 
     E-step: one NUTS chain (``warmup`` + ``samples``) draws z | x under the
     current decoder, started from the previous E-step's last draw. M-step:
     ``m_steps`` Adam steps on the decoder maximising the mean over draws of
-    sum_i log p(x_i | z_i^(s)). Returns the per-iteration history and the
-    last E-step's draws, shape (1, samples, N, latent_dim).
+    sum_i log p(x_i | z_i^(s)). ``on_iteration(record)`` is called after
+    each round. Returns the per-iteration history and the last E-step's
+    draws, shape (1, samples, N, latent_dim).
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     init, history = None, []
@@ -160,6 +164,8 @@ def monte_carlo_em(model, x, iterations, warmup, samples, m_steps, lr, seed=0, p
         record = {"iteration": iteration, "log_likelihood_given_z": log_lik.item() / len(x),
                   "divergences": int(divergent.sum()), "seconds": seconds + time.perf_counter() - start}
         history.append(record)
+        if on_iteration is not None:
+            on_iteration(record)
         log(f"MCEM iteration {iteration:3d}: E[log p(x|z)] {record['log_likelihood_given_z']:9.3f} nats/point, "
             f"{record['divergences']} divergences, {record['seconds']:.1f}s")
     return history, draws
@@ -171,6 +177,8 @@ def fit_nuts(config, progress=True, log=print):
                               write_config)
 
     config.validate()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--guide nuts runs in one process: start it with python -m pyro_vae.fit, not torchrun")
     if config.nuts_mode == "fixed-decoder" and not config.decoder_from:
         raise UsageError("--guide nuts samples with a fixed decoder: pass --decoder-from RUN_DIR "
                          "(or --nuts-mode mcem to learn one from scratch)")
@@ -196,7 +204,7 @@ def fit_nuts(config, progress=True, log=print):
     config.model, config.binarize = model.name, data.binarize
     out = prepare_out(config.out or f"runs/{config.dataset}-nuts-{time.strftime('%Y%m%d-%H%M%S')}")
     config.out = str(out)
-    write_config(out, config, data, device)
+    write_config(out, config, data, device, Cluster())
     start = time.perf_counter()
     history = []
     if config.nuts_mode == "mcem":

@@ -40,11 +40,16 @@ class Adam(PyroOptim):
         self.names = {"dense": [], "sparse": []}  # param-store names, in each optimizer's order
         self._known = set()
         self._pending_state = None
+        # called with every parameter in a fixed order, after backward and before
+        # the step: data-parallel training averages gradients across ranks here
+        self.before_step = None
 
     def __call__(self, params, *args, **kwargs):
         new = [p for p in params if p not in self._known]
         if new:
             self._add(new)
+        if self.before_step is not None:
+            self.before_step([p for o in self.optimizers.values() for p in o.param_groups[0]["params"]])
         if self.clip_norm is not None and "dense" in self.optimizers:
             torch.nn.utils.clip_grad_norm_(self.optimizers["dense"].param_groups[0]["params"], self.clip_norm)
         for optimizer in self.optimizers.values():

@@ -14,9 +14,10 @@ import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.distributions import is_validation_enabled
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_vae.building_blocks import data_plate
+from pyro_vae.distributed import Cluster
 from pyro_vae.optim import Adam
 
 ELBOS = {
@@ -51,7 +52,7 @@ class Interrupted(Exception):
     """``should_stop()`` asked the loop to stop (a signal arrived)."""
 
 
-def train_epoch(svi, data, batch_size, progress=True, description="train", should_stop=None):
+def train_epoch(svi, data, batch_size, progress=True, description="train", should_stop=None, cluster=None):
     """One pass over a fresh permutation of ``data``'s training set.
 
     Returns ``(train_elbo, seconds)``: the mean over minibatches of the
@@ -64,26 +65,43 @@ def train_epoch(svi, data, batch_size, progress=True, description="train", shoul
 
     Raises :class:`NonFiniteLoss` at the first non-finite loss, and
     :class:`Interrupted` after the step during which ``should_stop()`` became true.
+
+    With a ``cluster`` of several ranks (see ``pyro_vae.distributed``) each
+    global minibatch of ``batch_size`` rows is sharded across ranks, gradients
+    are averaged before every step and the loss, stop requests and the
+    returned ELBO are those of the whole global minibatch; a last global
+    minibatch with fewer rows than ranks is skipped.
     """
+    cluster = cluster or Cluster()
     num_data = data.num_train
     validate = is_validation_enabled()
-    total = 0.0
+    total, seen = 0.0, 0
     start = time.perf_counter()
-    batches = data.batches(batch_size)
+    permutation = cluster.broadcast(torch.randperm(num_data, device=data.device))
+    batches = [b for b in permutation.split(batch_size) if len(b) >= cluster.world_size]
     with tqdm(batches, desc=description, leave=False, disable=not progress, unit="batch") as bar:
-        for step, idx in enumerate(bar, start=1):
+        for step, global_idx in enumerate(bar, start=1):
+            idx = cluster.shard(global_idx)
+            weight = len(idx) / len(global_idx)
+            if cluster.active:
+                svi.optim.before_step = lambda params: cluster.reduce_gradients(params, weight)
             with pyro.validation_enabled(validate and step == 1):
                 loss = svi.step(data.train_batch(idx), idx, num_data)
+            stop = should_stop is not None and should_stop()
+            if cluster.active:  # every rank sees the same loss and stops at the same step
+                reduced = cluster.sum(torch.tensor([loss * weight, float(stop)], dtype=torch.float64))
+                loss, stop = reduced[0].item(), reduced[1].item() > 0
             if not math.isfinite(loss):
                 raise NonFiniteLoss(step, loss)
-            if should_stop is not None and should_stop():
+            if stop:
                 raise Interrupted()
-            total += -loss * len(idx) / num_data
+            total += -loss * len(global_idx) / num_data
+            seen += len(global_idx)
             if progress and step % 10 == 0:
-                bar.set_postfix(elbo=f"{total / min(step * batch_size, num_data):.2f}", refresh=False)
+                bar.set_postfix(elbo=f"{total / seen:.2f}", refresh=False)
     if data.device.type == "cuda":
         torch.cuda.synchronize(data.device)
-    return total / num_data, time.perf_counter() - start
+    return total / seen, time.perf_counter() - start
 
 
 def proposal_guide(proposal):

@@ -75,3 +75,19 @@ def test_usage_errors(tmp_path, capsys, linear_gaussian_report):
             main([*args, "--out", str(tmp_path / "x")])
         err = capsys.readouterr().err
         assert info.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_fit_from_scratch_compares_three_learners(tmp_path):
+    args = parser().parse_args(["--fit-from-scratch", "--dataset", "linear_gaussian", "--latent-dim", "2",
+                                "--num-train", "100", "--passes", "3", "--subset", "30", "--iwae-samples", "50",
+                                "--mcem-warmup", "20", "--mcem-samples", "5", "--m-steps", "5", "--out",
+                                str(tmp_path / "s"), "--no-progress"])
+    results, out = run_compare(args, log=lambda *a: None)
+    scratch = results["fit_from_scratch"]
+    assert set(scratch["final"]) == {"amortized", "meanfield", "mcem"}
+    for name, curve in scratch["curves"].items():
+        assert [c["pass"] for c in curve][-1] == 3
+        assert all(b["seconds"] >= a["seconds"] for a, b in zip(curve, curve[1:]))
+        assert all(abs(c["log_likelihood"]) < 1e4 for c in curve)
+    assert (out / "scratch_curve.png").stat().st_size > 0
+    assert "| mcem |" in (out / "report.md").read_text()

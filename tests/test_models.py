@@ -61,10 +61,13 @@ def test_gaussian_likelihood_has_bounded_scale():
     assert torch.all((p.mean >= 0) & (p.mean <= 1))
 
 
-def test_log_joint_matches_trace():
+def test_log_joint_terms_match_trace():
+    from pyro_vae.evaluate import log_joint_terms
+
     model = get_model("bernoulli_mlp")(data_dim=12, latent_dim=3)
     x = torch.rand(5, 12).round()
     trace = poutine.trace(model).get_trace(x)
     trace.compute_log_prob()
-    expected = trace.nodes["z"]["log_prob"] + trace.nodes["x"]["log_prob"]
-    assert torch.allclose(model.log_joint(x, trace.nodes["z"]["value"]), expected, atol=1e-5)
+    log_lik, log_prior = log_joint_terms(model, x, trace.nodes["z"]["value"].unsqueeze(0))
+    assert torch.allclose(log_lik[0], trace.nodes["x"]["log_prob"], atol=1e-5)
+    assert torch.allclose(log_prior[0], trace.nodes["z"]["log_prob"], atol=1e-5)
