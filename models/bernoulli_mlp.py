@@ -1,6 +1,4 @@
-import pyro.distributions as dist
-
-from pyro_vae.building_blocks import mlp
+from pyro_vae.building_blocks import BernoulliLogits, mlp
 from pyro_vae.registry import register_model
 
 from .base import LatentVariableModel
@@ -18,4 +16,4 @@ class BernoulliMLP(LatentVariableModel):
         self.decoder = mlp([latent_dim, *reversed(hidden_dims), data_dim])
 
     def likelihood(self, z):
-        return dist.Bernoulli(logits=self.decode(z)).to_event(1)
+        return BernoulliLogits(logits=self.decode(z)).to_event(1)
