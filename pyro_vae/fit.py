@@ -4,8 +4,10 @@
     python -m pyro_vae.fit --dataset mnist --data-dir ../shared/data/mnist --latent-dim 50 --epochs 20
 
 Python API: ``fit(FitConfig(...))`` does exactly what the command does and
-returns the trained model, guide and data with the metrics; ``load_run``
-rebuilds them from a run directory.
+returns the trained model, guide and data with the metrics; ``resume``
+continues a stopped run; ``load_run`` rebuilds a run from its directory.
+``--guide nuts`` hands over to ``pyro_vae.nuts``; under ``torchrun`` the
+run is data-parallel (``pyro_vae.distributed``).
 
 A run directory holds ``config.json``, ``metrics.jsonl`` (one line per
 epoch), ``summary.json``, ``checkpoint.pt`` (tensors only) and the figures
@@ -17,8 +19,8 @@ import os
 import platform
 import signal
 import sys
-from contextlib import contextmanager
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +39,6 @@ from pyro_vae.evaluate import log_likelihood
 from pyro_vae.guides.decoder_posterior import DecoderPosterior, WithDecoderPosterior
 from pyro_vae.registry import get_guide, get_model, guide_names, model_names
 from pyro_vae.train import ELBOS, Interrupted, NonFiniteLoss, elbo_per_example, make_svi, train_epoch
-
 
 NON_AMORTIZED_TEST_EVERY = 10
 NUTS_MODES = ("fixed-decoder", "mcem")

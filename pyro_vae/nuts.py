@@ -189,6 +189,11 @@ def fit_nuts(config, progress=True, log=print):
         for name in ("model", "dataset", "data_dir", "binarize", "latent_dim", "hidden_dims", "num_train", "num_test",
                      "data_dim", "data_seed"):
             setattr(config, name, getattr(source_config, name))
+        if model.decoder_values is not None:  # a Bayesian decoder: NUTS uses, and saves, its posterior mean
+            with torch.no_grad():
+                for name, p in model.decoder.named_parameters():
+                    p.copy_(model.decoder_values[name])
+            model.decoder_values, model.bayesian_decoder = None, False
         x = data.test_x
         init_guide = source_guide if getattr(source_guide, "amortized", False) else None
     else:

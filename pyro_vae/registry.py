@@ -13,26 +13,23 @@ MODELS = {}
 GUIDES = {}
 
 
-def register_model(name):
-    """Class decorator: make a model available as ``--model name``."""
-
+def _registrar(table, name):
     def decorate(cls):
-        MODELS[name] = cls
+        table[name] = cls
         cls.name = name
         return cls
 
     return decorate
+
+
+def register_model(name):
+    """Class decorator: make a model available as ``--model name``."""
+    return _registrar(MODELS, name)
 
 
 def register_guide(name):
     """Class decorator: make a guide available as ``--guide name``."""
-
-    def decorate(cls):
-        GUIDES[name] = cls
-        cls.name = name
-        return cls
-
-    return decorate
+    return _registrar(GUIDES, name)
 
 
 def _load_builtins():
