@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyro_vae import evaluate, fit as fit_module
+from pyro_vae import compare, evaluate, fit as fit_module
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.cli import UsageError
 from pyro_vae.fit import FitConfig, fit, main, resume
@@ -154,7 +154,8 @@ def test_killed_process_resumes_to_the_same_result(tmp_path, how):
 
 ARG_ATOMS = ["--model", "--guide", "--dataset", "--data-dir", "--binarize", "--latent-dim", "--hidden-dims",
              "--epochs", "--batch-size", "--lr", "--elbo", "--seed", "--device", "--out", "--resume", "--clip-norm",
-             "--local-lr", "--num-train", "--iwae-samples", "--split", "--max-examples", "bernoulli_mlp", "amortized",
+             "--local-lr", "--num-train", "--iwae-samples", "--split", "--max-examples", "--run", "--subset",
+             "--fit-from-scratch", "--passes", "--chains", "--warmup", "bernoulli_mlp", "amortized",
              "meanfield", "digits", "mnist", "-1", "0", "1", "2.5", "nan", "inf", "1e9", "", "400,x", "cuda", "cpu",
              "dynamic", "--", "-h"]
 
@@ -167,7 +168,8 @@ def test_parsers_never_traceback(monkeypatch, argv):
     monkeypatch.setattr(fit_module, "fit", lambda config, *a, **k: (config.validate(), ran.append(config)))
     monkeypatch.setattr(fit_module, "resume", lambda *a, **k: ran.append(a))
     monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: ran.append(a))
-    for command in (fit_module.main, evaluate.main):
+    monkeypatch.setattr(compare, "run_compare", lambda *a, **k: ran.append(a))
+    for command in (fit_module.main, evaluate.main, compare.main):
         try:
             command(list(argv))
         except SystemExit as exit_info:
