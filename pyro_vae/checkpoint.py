@@ -54,12 +54,6 @@ def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def append_jsonl(path, record, previous=()):
-    """Rewrite ``path`` as ``previous`` records plus ``record``, atomically."""
-    lines = [json.dumps(r) for r in (*previous, record)]
-    write_text(path, "\n".join(lines) + "\n")
-
-
 def rng_state():
     """Every RNG the run draws from, as tensors and plain values."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

@@ -248,9 +248,3 @@ def build_posterior(model, data, draws, x):
     posterior = get_guide("nuts")(model, data.num_train)
     posterior.set_draws(x, draws)
     return posterior
-
-
-def load_posterior(run_dir):
-    """The InferenceData of a NUTS run (``posterior.nc``)."""
-    return az.from_netcdf(f"{run_dir}/posterior.nc")
-
