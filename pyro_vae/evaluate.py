@@ -102,6 +102,10 @@ def elbo_terms(model, proposal, x, batch_size=1000):
 def active_units(proposal, x, batch_size=1000, threshold=ACTIVE_UNIT_THRESHOLD):
     """(count, per-dimension variances) of E_q[z | x] over the rows of x."""
     means = torch.cat([proposal(x_batch).mean for x_batch in x.split(batch_size)])
+    return count_active(means, threshold)
+
+
+def count_active(means, threshold=ACTIVE_UNIT_THRESHOLD):
     variances = means.var(0)
     return int((variances > threshold).sum()), variances
 
@@ -113,12 +117,24 @@ def mean_and_se(values):
 
 
 def evaluate(model, proposal, x, num_samples=5000, batch_size=100, progress=False):
-    """Every figure of ``eval.json`` for ``model`` with ``proposal`` on ``x``."""
-    ll = log_likelihood(model, proposal, x, num_samples, batch_size, progress)
-    reconstruction, kl, elbo = elbo_terms(model, proposal, x)
-    count, variances = active_units(proposal, x)
+    """Every figure of ``eval.json`` for ``model`` with ``proposal`` on ``x``.
+
+    The proposal is asked once per batch and its q reused for every figure:
+    for a meanfield or NUTS run asking means an optimisation per point."""
+    ll, reconstruction, kl, means = [], [], [], []
+    for x_batch in tqdm(x.split(batch_size), desc=f"evaluate, K={num_samples}", disable=not progress, leave=False):
+        q = proposal(x_batch)
+        fixed = lambda _, q=q: q  # noqa: E731
+        ll.append(log_likelihood(model, fixed, x_batch, num_samples, len(x_batch)))
+        batch_reconstruction, batch_kl, _ = elbo_terms(model, fixed, x_batch, len(x_batch))
+        reconstruction.append(batch_reconstruction)
+        kl.append(batch_kl)
+        means.append(q.mean)
+    ll, reconstruction, kl = torch.cat(ll), torch.cat(reconstruction), torch.cat(kl)
+    count, variances = count_active(torch.cat(means))
     results = {"num_examples": len(x), "iwae_samples": num_samples}
-    for name, values in [("log_likelihood", ll), ("elbo", elbo), ("reconstruction", reconstruction), ("kl", kl)]:
+    for name, values in [("log_likelihood", ll), ("elbo", reconstruction - kl), ("reconstruction", reconstruction),
+                         ("kl", kl)]:
         results[name], results[f"{name}_se"] = mean_and_se(values)
     results["log_likelihood_minus_elbo"] = results["log_likelihood"] - results["elbo"]
     results["active_units"] = count
@@ -171,6 +187,8 @@ def main(argv=None):
         x = x[: args.max_examples] if args.max_examples else x
         results = evaluate(model, guide.posterior, x, args.iwae_samples, args.batch_size, args.progress)
         results.update(split=args.split, seed=args.seed, run_dir=str(args.run_dir))
+        if getattr(guide, "last_fit_steps", None) is not None:  # q fitted per point at test time
+            results["test_time_fit_steps"] = guide.last_fit_steps
         write_json(f"{args.run_dir}/eval.json", results)
     except (CheckpointError, DataError, UsageError) as error:
         exit_with("evaluate", error)

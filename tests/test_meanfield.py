@@ -109,3 +109,4 @@ def test_fit_and_evaluate_meanfield_run(tmp_path, capsys):
     evaluate_main([str(out), "--iwae-samples", "10", "--max-examples", "20", "--no-progress"])
     results = json.loads((out / "eval.json").read_text())
     assert results["num_examples"] == 20 and results["log_likelihood"] < 0
+    assert results["test_time_fit_steps"] >= 100  # the stopping rule needs two windows of 50
