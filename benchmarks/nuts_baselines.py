@@ -62,7 +62,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path

@@ -30,7 +30,6 @@ ELBOs are estimated with ``--elbo-samples`` draws per point (not one), so the
 gaps are not swamped by Monte Carlo noise.
 """
 
-import json
 import math
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ from pyro_vae.data import DATASETS, DataError
 from pyro_vae.evaluate import log_joint_terms, log_likelihood, mean_and_se
 from pyro_vae.fit import FitConfig, fit, load_run, resolve_device
 from pyro_vae.guides.meanfield import fit_local_posterior
-from pyro_vae.nuts import RHAT_LIMIT, diagnose, inference_data, sample_latents
+from pyro_vae.nuts import diagnose, inference_data, sample_latents
 
 METHODS = ("amortized", "meanfield", "nuts")
 ELLIPSE_POINTS = 6

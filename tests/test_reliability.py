@@ -1,7 +1,6 @@
 """Resume, signals, NaN guard, determinism and argument fuzzing."""
 
 import json
-import os
 import random
 import signal
 import subprocess
