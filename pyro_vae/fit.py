@@ -545,6 +545,12 @@ def main(argv=None):
                   f"holds epoch {error.epoch - 1}. Resume with: python -m pyro_vae.fit --resume {error.out}",
                   file=sys.stderr)
         sys.exit(128 + signum)
+    except KeyboardInterrupt:  # a second signal: stop at once, the last epoch's checkpoint is still whole
+        target = args.resume or args.out or "the run directory"
+        if main_rank:
+            print(f"fit: interrupted; {target}/checkpoint.pt holds the last finished epoch. Resume with: "
+                  f"python -m pyro_vae.fit --resume {target}", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     except NonFiniteLoss as error:
         report("fit", f"non-finite loss ({error.loss}) at epoch {error.epoch}, step {error.step}; "
                          f"{error.out}/checkpoint.pt still holds epoch {error.epoch - 1}. Likely causes: a learning "

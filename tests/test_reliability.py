@@ -173,3 +173,16 @@ def test_parsers_never_traceback(monkeypatch, argv):
             command(list(argv))
         except SystemExit as exit_info:
             assert exit_info.code in (0, 2, None), (argv, exit_info.code)
+
+
+def test_second_signal_stops_at_once_without_traceback(tmp_path):
+    out = tmp_path / "run"
+    proc = _run_fit(out)
+    _wait_for_checkpoint(out, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=600)
+    err = proc.stderr.read()
+    assert code == 128 + signal.SIGINT, err  # the run takes seconds; the signals arrive at its start
+    assert "Traceback" not in err and "Resume with: python -m pyro_vae.fit --resume" in err
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] >= 0
