@@ -7,7 +7,7 @@ import pyro.poutine as poutine
 import torch
 from torch import nn
 
-from pyro_vae.building_blocks import data_plate
+from pyro_vae.building_blocks import data_plate, frozen
 from pyro_vae.registry import register_guide
 
 
@@ -110,38 +110,29 @@ def fit_local_posterior(model, x, num_particles=8, lr=0.05, max_steps=3000, wind
     loc.requires_grad_(True)
     log_scale.requires_grad_(True)
     optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    was_training = model.training
-    model.eval()  # frozen weights in a training module make pyro.module warn
     history, previous, steps = [], None, 0
     loc_sum, log_scale_sum = torch.zeros_like(loc), torch.zeros_like(log_scale)
-    try:
-        for p in frozen:  # the decoder is fixed: no gradients for it
-            p.requires_grad_(False)
-        # callers may be under no_grad (evaluation) or inside a Pyro trace (a guide program)
-        with torch.enable_grad(), poutine.block():
-            while steps < max_steps:
-                q = dist.Normal(loc, log_scale.exp()).to_event(1)
-                z = q.rsample((num_particles,))
-                log_lik, log_prior = log_joint_terms(model, x, z)
-                elbo = (log_lik + log_prior - q.log_prob(z)).mean(0)  # per point
-                optimizer.zero_grad()
-                (-elbo.sum()).backward()
-                optimizer.step()
-                steps += 1
-                history.append(elbo.mean().item())
-                loc_sum += loc.detach()
-                log_scale_sum += log_scale.detach()
-                if len(history) == window:
-                    current = sum(history) / window
-                    if previous is not None and current - previous < tol:
-                        break
-                    previous, history = current, []
-                    loc_sum, log_scale_sum = torch.zeros_like(loc), torch.zeros_like(log_scale)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-        model.train(was_training)
+    # the decoder is fixed; callers may be under no_grad (evaluation) or inside a
+    # Pyro trace (a guide program)
+    with frozen(model), torch.enable_grad(), poutine.block():
+        while steps < max_steps:
+            q = dist.Normal(loc, log_scale.exp()).to_event(1)
+            z = q.rsample((num_particles,))
+            log_lik, log_prior = log_joint_terms(model, x, z)
+            elbo = (log_lik + log_prior - q.log_prob(z)).mean(0)  # per point
+            optimizer.zero_grad()
+            (-elbo.sum()).backward()
+            optimizer.step()
+            steps += 1
+            history.append(elbo.mean().item())
+            loc_sum += loc.detach()
+            log_scale_sum += log_scale.detach()
+            if len(history) == window:
+                current = sum(history) / window
+                if previous is not None and current - previous < tol:
+                    break
+                previous, history = current, []
+                loc_sum, log_scale_sum = torch.zeros_like(loc), torch.zeros_like(log_scale)
     n = len(history)
     if n == 0:  # stopped right after a window was reset: the current iterate
         return dist.Normal(loc.detach(), log_scale.detach().exp()).to_event(1), steps

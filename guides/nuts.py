@@ -15,6 +15,18 @@ def row_keys(x):
     return [hashlib.sha1(row.tobytes()).hexdigest() for row in rows]
 
 
+def moment_matched(draws):
+    """For each point, the Gaussian with the mean and covariance of its draws
+    (all chains pooled); ``draws`` has shape (chains, samples, N, latent_dim)."""
+    flat = draws.reshape(-1, *draws.shape[2:])  # (chains * samples, N, L)
+    mean = flat.mean(0)
+    centred = flat - mean
+    eye = torch.eye(flat.shape[-1], device=flat.device)
+    # a small ridge keeps the covariance positive definite with few draws
+    covariance = torch.einsum("snk,snl->nkl", centred, centred) / (len(flat) - 1) + 1e-6 * eye
+    return dist.MultivariateNormal(mean, covariance_matrix=covariance)
+
+
 @register_guide("nuts")
 class NutsPosterior(nn.Module):
     """The posterior of a NUTS run, summarised for evaluation: for each point
@@ -38,13 +50,8 @@ class NutsPosterior(nn.Module):
 
     def set_draws(self, x, draws):
         """Summarise ``draws`` of shape (chains, samples, len(x), latent_dim)."""
-        flat = draws.reshape(-1, *draws.shape[2:])  # (chains * samples, N, L)
-        self.keys = row_keys(x)
-        self.loc = flat.mean(0)
-        centred = flat - self.loc
-        eye = torch.eye(flat.shape[-1], device=flat.device)
-        # a small ridge keeps the covariance positive definite with few draws
-        self.covariance = torch.einsum("snk,snl->nkl", centred, centred) / (len(flat) - 1) + 1e-6 * eye
+        q = moment_matched(draws)
+        self.keys, self.loc, self.covariance = row_keys(x), q.mean, q.covariance_matrix
 
     def posterior(self, x, idx=None):
         index = {key: i for i, key in enumerate(self.keys)}

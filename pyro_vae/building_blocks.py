@@ -1,4 +1,7 @@
-"""Small pieces shared by models and guides: MLPs and the data plate."""
+"""Small pieces shared by models, guides and samplers: MLPs, the data plate,
+a fast Bernoulli, and freezing a model."""
+
+from contextlib import contextmanager
 
 import pyro
 import pyro.distributions as dist
@@ -57,3 +60,21 @@ class BernoulliLogits(dist.Bernoulli):
             self._validate_sample(value)
         logits, value = broadcast_all(self.logits, value)
         return value * logits - F.softplus(logits)
+
+
+@contextmanager
+def frozen(model):
+    """The model with its weights fixed: no gradients, and eval mode (in which
+    ``pyro.module`` skips frozen weights instead of warning). Sampling or
+    optimising z under a fixed decoder (NUTS, test-time fits) runs inside."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    for p, _ in flags:
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)

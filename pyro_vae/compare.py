@@ -32,7 +32,6 @@ gaps are not swamped by Monte Carlo noise.
 
 import math
 import time
-from pathlib import Path
 
 import arviz as az
 import numpy as np
@@ -47,8 +46,9 @@ from pyro_vae.checkpoint import CheckpointError, atomic_path, write_json, write_
 from pyro_vae.cli import ArgumentParser, UsageError, exit_with, positive_int
 from pyro_vae.data import DATASETS, DataError
 from pyro_vae.evaluate import log_joint_terms, log_likelihood, mean_and_se
-from pyro_vae.fit import FitConfig, fit, load_run, resolve_device
+from pyro_vae.fit import FitConfig, fit, load_run, prepare_out, resolve_device
 from pyro_vae.guides.meanfield import fit_local_posterior
+from pyro_vae.guides.nuts import moment_matched
 from pyro_vae.nuts import diagnose, inference_data, sample_latents
 
 METHODS = ("amortized", "meanfield", "nuts")
@@ -68,15 +68,6 @@ def as_full_gaussian(q):
     if isinstance(q, dist.MultivariateNormal):
         return q
     return dist.MultivariateNormal(q.mean, covariance_matrix=torch.diag_embed(q.variance))
-
-
-def moment_matched(draws):
-    """The Gaussian with each point's mean and covariance over draws (chains, samples, N, L)."""
-    flat = draws.reshape(-1, *draws.shape[2:])
-    mean = flat.mean(0)
-    centred = flat - mean
-    covariance = torch.einsum("snk,snl->nkl", centred, centred) / (len(flat) - 1)
-    return dist.MultivariateNormal(mean, covariance_matrix=covariance + 1e-6 * torch.eye(flat.shape[-1]))
 
 
 def posterior_idata(q, x, draws=1000):
@@ -350,10 +341,7 @@ def parser():
 
 def run_compare(args, log=print):
     device = resolve_device("cpu")
-    out = Path(args.out or f"runs/compare-{args.dataset or 'digits'}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"--out {out}: already exists and is not empty; choose a new directory")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(args.out or f"runs/compare-{args.dataset or 'digits'}-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.fit_from_scratch:
         return fit_from_scratch(args, out, log)
     if args.run:

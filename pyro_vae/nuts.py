@@ -30,7 +30,6 @@ import json
 import os
 import time
 import warnings
-from contextlib import contextmanager
 
 import arviz as az
 import pyro
@@ -38,28 +37,13 @@ import torch
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import init_to_value
 
+from pyro_vae.building_blocks import frozen
 from pyro_vae.checkpoint import atomic_path, save_checkpoint, write_json, write_text
 from pyro_vae.cli import UsageError
 from pyro_vae.distributed import Cluster
 
 RHAT_LIMIT = 1.01
 MIN_ESS_PER_CHAIN = 100  # Vehtari et al. (2021): bulk and tail ESS of at least 100 per chain
-
-
-@contextmanager
-def frozen(model):
-    """The model with its weights fixed: no gradients, eval mode."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    for p, _ in flags:
-        p.requires_grad_(False)
-    model.eval()
-    try:
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 def sample_latents(model, x, chains=4, warmup=500, samples=500, init=None, seed=0, jit=True, progress=False):
@@ -173,8 +157,8 @@ def monte_carlo_em(model, x, iterations, warmup, samples, m_steps, lr, seed=0, p
 
 def fit_nuts(config, progress=True, log=print):
     """The ``--guide nuts`` run: see the module docstring."""
-    from pyro_vae.fit import (FitResult, build, config_dict, load_data, load_run, prepare_out, resolve_device,
-                              write_config)
+    from pyro_vae.fit import (FitResult, build, config_dict, default_out, load_data, load_run, prepare_out,
+                              resolve_device, write_config)
 
     config.validate()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -207,7 +191,7 @@ def fit_nuts(config, progress=True, log=print):
         raise UsageError(f"--subset {config.subset} is larger than the {len(x)} points available")
     x = x[: config.subset]
     config.model, config.binarize = model.name, data.binarize
-    out = prepare_out(config.out or f"runs/{config.dataset}-nuts-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = prepare_out(config.out or default_out(config))
     config.out = str(out)
     write_config(out, config, data, device, Cluster())
     start = time.perf_counter()
