@@ -2,7 +2,7 @@
 
     python benchmarks/nuts_baselines.py                  # all methods, 500 + 500
     python benchmarks/nuts_baselines.py --skip-numpyro   # Pyro only
-    python benchmarks/nuts_baselines.py --warmup 200 --samples 200 --seed 1
+    python benchmarks/nuts_baselines.py --warmup 200 --samples 200 --seeds 3
 
 The problem (fixed, from the issue tracker):
 
@@ -27,8 +27,10 @@ drawn from in this order, all ``standard_normal`` / ``random`` in float64:
 
 Weights are stored in torch's ``nn.Linear`` layout ``(out, in)``; biases are
 zero. Weights and ``x`` are returned as float32, and both Pyro and NumPyro
-compute in float32. ``--seed`` only seeds the samplers
-(``pyro.set_rng_seed`` / ``jax.random.PRNGKey``), never the problem.
+compute in float32. ``--seeds K`` runs every sampler with seeds 0..K-1
+(``pyro.set_rng_seed`` / ``jax.random.PRNGKey``; never the problem's seed)
+and the table reports medians over them: the min bulk ESS of 500 draws
+varies by a third from seed to seed.
 
 Methods, each timed wall-clock over the whole ``run`` (warm-up included):
 
@@ -54,7 +56,7 @@ To put another method in the same table::
     rows = run_baselines()
     weights, x = problem()
     ...  # time your sampler, draws of shape (n_draws, 100, 2)
-    rows.append(make_row("mine", seconds, draws))
+    rows.append(make_row("mine", [(seconds, draws)]))
     report(rows)
 """
 
@@ -146,8 +148,9 @@ def run_pyro(weights, x, warmup, samples, seed, jit):
 # --------------------------------------------------------------------------- NumPyro
 
 
-def numpyro_worker(warmup, samples, seed):
-    """Runs inside /work/venv-numpyro: two MCMC.run calls, prints JSON with times and draws."""
+def numpyro_worker(warmup, samples, seeds):
+    """Runs inside /work/venv-numpyro: a first MCMC.run (seed 0, compiling), then one compiled
+    run per seed; prints JSON with times and draws."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
     import jax.numpy as jnp
@@ -167,7 +170,7 @@ def numpyro_worker(warmup, samples, seed):
     x = jnp.asarray(x_np)
     mcmc = MCMC(NUTS(model), num_warmup=warmup, num_samples=samples, num_chains=1, progress_bar=False)
     runs = []
-    for name in ["numpyro (1st, incl. JIT)", REFERENCE]:
+    for name, seed in [("numpyro (1st, incl. JIT)", 0)] + [(REFERENCE, seed) for seed in range(seeds)]:
         start = time.perf_counter()
         mcmc.run(jax.random.PRNGKey(seed), x)
         draws = np.asarray(jax.block_until_ready(mcmc.get_samples()["z"]))
@@ -181,14 +184,14 @@ def numpyro_worker(warmup, samples, seed):
     print(json.dumps(out))
 
 
-def run_numpyro(warmup, samples, seed):
+def run_numpyro(warmup, samples, seeds):
     """NumPyro in a subprocess; returns (info dict, [(name, seconds, draws), ...]), or None if unavailable."""
     if not NUMPYRO_PYTHON.exists():
         print(f"NumPyro skipped: {NUMPYRO_PYTHON} not found (create /work/venv-numpyro with numpyro, jax, jaxlib, arviz, numpy).")
         return None
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     cmd = [str(NUMPYRO_PYTHON), str(Path(__file__).resolve()), "--numpyro-worker",
-           "--warmup", str(warmup), "--samples", str(samples), "--seed", str(seed)]
+           "--warmup", str(warmup), "--samples", str(samples), "--seeds", str(seeds)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         print(f"NumPyro skipped: worker exited with {proc.returncode}; its stderr ends with:")
@@ -213,36 +216,41 @@ def min_bulk_ess(draws):
     return float(np.min(ess))
 
 
-def make_row(name, seconds, draws):
-    ess = min_bulk_ess(draws)
-    return {"name": name, "seconds": seconds, "min_ess_bulk": ess, "ess_per_second": ess / seconds}
+def make_row(name, runs):
+    """A table row from runs [(seconds, draws), ...] of one method: medians over the runs."""
+    seconds = [run[0] for run in runs]
+    ess = [min_bulk_ess(run[1]) for run in runs]
+    return {"name": name, "runs": len(runs), "seconds": float(np.median(seconds)), "min_ess_bulk": float(np.median(ess)),
+            "ess_per_second": float(np.median([e / t for e, t in zip(ess, seconds)]))}
 
 
 def report(rows, reference=REFERENCE):
     """Print the table; the last column is ESS/s relative to the row named `reference` (if present)."""
     ref = next((r["ess_per_second"] for r in rows if r["name"] == reference), None)
     width = max(len("method"), *(len(r["name"]) for r in rows))
-    print(f"{'method':<{width}}  {'seconds':>9}  {'min bulk ESS':>12}  {'min ESS/s':>10}  {'vs ' + reference:>{len(reference) + 3}}")
+    print("medians over the runs of each method")
+    print(f"{'method':<{width}}  {'runs':>4}  {'seconds':>9}  {'min bulk ESS':>12}  {'min ESS/s':>10}  "
+          f"{'vs ' + reference:>{len(reference) + 3}}")
     for r in rows:
         ratio = f"{r['ess_per_second'] / ref:.4f}" if ref else "-"
-        print(f"{r['name']:<{width}}  {r['seconds']:>9.2f}  {r['min_ess_bulk']:>12.1f}  "
+        print(f"{r['name']:<{width}}  {r['runs']:>4}  {r['seconds']:>9.2f}  {r['min_ess_bulk']:>12.1f}  "
               f"{r['ess_per_second']:>10.3f}  {ratio:>{len(reference) + 3}}")
 
 
-def run_baselines(warmup=500, samples=500, seed=0, skip_numpyro=False):
-    """All baseline methods on problem(); a list of row dicts (name, seconds, min_ess_bulk, ess_per_second)."""
+def run_baselines(warmup=500, samples=500, seeds=1, skip_numpyro=False):
+    """All baseline methods on problem(), each with seeds 0..seeds-1; a list of row dicts."""
     weights, x = problem()
     rows = []
     for name, jit in [("pyro", False), ("pyro (jit)", True)]:
-        seconds, draws = run_pyro(weights, x, warmup, samples, seed, jit)
-        rows.append(make_row(name, seconds, draws))
+        rows.append(make_row(name, [run_pyro(weights, x, warmup, samples, seed, jit) for seed in range(seeds)]))
     if not skip_numpyro:
-        result = run_numpyro(warmup, samples, seed)
+        result = run_numpyro(warmup, samples, seeds)
         if result is not None:
             info, runs = result
             print(f"NumPyro {info['versions']['numpyro']}, jax {info['versions']['jax']}, "
-                  f"devices {info['devices']}; 2nd run draws identical to 1st: {info['same_draws']}")
-            rows.extend(make_row(name, seconds, draws) for name, seconds, draws in runs)
+                  f"devices {info['devices']}; compiled seed-0 draws identical to the 1st run's: {info['same_draws']}")
+            for name in dict.fromkeys(name for name, _, _ in runs):
+                rows.append(make_row(name, [(seconds, draws) for n, seconds, draws in runs if n == name]))
     return rows
 
 
@@ -250,12 +258,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--samples", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed (the problem always uses seed 0)")
+    parser.add_argument("--seeds", type=int, default=1, help="run each sampler with seeds 0..SEEDS-1, report medians")
     parser.add_argument("--skip-numpyro", action="store_true")
     parser.add_argument("--numpyro-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.numpyro_worker:
-        numpyro_worker(args.warmup, args.samples, args.seed)
+        numpyro_worker(args.warmup, args.samples, args.seeds)
         return
 
     import pyro
@@ -263,8 +271,8 @@ def main(argv=None):
 
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), pyro {pyro.__version__}; "
           f"{N_DATA} points x {DATA_DIM} dims, {N_DATA * LATENT_DIM} latent dims; "
-          f"warmup {args.warmup}, samples {args.samples}, seed {args.seed}")
-    rows = run_baselines(args.warmup, args.samples, args.seed, args.skip_numpyro)
+          f"warmup {args.warmup}, samples {args.samples}, seeds {args.seeds}")
+    rows = run_baselines(args.warmup, args.samples, args.seeds, args.skip_numpyro)
     report(rows)
 
 

@@ -91,10 +91,10 @@ def compare_posteriors(model, encoder, x, iwae_samples=1000, elbo_samples=200, c
     start = time.perf_counter()
     posteriors["meanfield"], meanfield_steps = fit_local_posterior(model, x)
     seconds["meanfield"] = time.perf_counter() - start
-    draws, divergent, seconds["nuts"] = sample_latents(model, x, chains, warmup, samples, posteriors["amortized"], seed,
-                                                      progress=progress)
+    draws, stats, seconds["nuts"] = sample_latents(model, x, chains, warmup, samples, posteriors["amortized"], seed,
+                                                  progress=progress)
     posteriors["nuts"] = moment_matched(draws)
-    nuts_idata = inference_data(draws, divergent, x)
+    nuts_idata = inference_data(draws, stats, x)
     _, nuts_figures, nuts_warnings = diagnose(nuts_idata, chains)
 
     reference = posteriors["nuts"]

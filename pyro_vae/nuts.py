@@ -12,12 +12,15 @@ Two ways to fit (``--nuts-mode``):
   weights maximising the Monte Carlo estimate of E_p(z|x)[log p(x | z)]
   (M-step). The learned decoder is saved like any run's.
 
-Pyro facts respected here: NUTS differentiates only sample sites, so the
-decoder is frozen (``requires_grad_(False)``, eval mode: ``pyro.module``
-then registers nothing) and ``jit_compile=True`` traces the potential.
-Chains run one after another in this process: Pyro runs ``num_chains > 1``
-in separate processes, each importing torch and tracing anew, which on a
-2-core machine where torch already uses both cores buys nothing.
+The sampler (``pyro_vae.nuts_sampler``) is NUTS as in Stan, NumPyro and
+Pyro (multinomial, generalised U-turn criterion, Stan's warm-up), written for
+this target: the model's log density and its gradient are recorded once
+with ``torch.jit.trace`` (the decoder frozen, ``requires_grad_(False)``, so
+only z is differentiated), all chains advance in one batch in this process
+(no worker processes, which on 2 cores buy nothing), and the mass matrix is
+one dense L x L block per data point, the shape of a posterior that
+factorises over points given the decoder. benchmarks/nuts_speed.py measures
+it against Pyro's and NumPyro's NUTS on the same problem.
 
 A run directory holds ``posterior.nc`` (ArviZ InferenceData: posterior,
 sample_stats, observed_data), ``diagnostics.csv`` (``az.summary``: R-hat,
@@ -29,14 +32,12 @@ per-point Gaussians moment-matched to the draws, for ``evaluate``).
 import json
 import os
 import time
-import warnings
 
 import arviz as az
 import pyro
 import torch
-from pyro.infer import MCMC, NUTS
-from pyro.infer.autoguide.initialization import init_to_value
 
+from pyro_vae import nuts_sampler
 from pyro_vae.building_blocks import frozen
 from pyro_vae.checkpoint import atomic_path, save_checkpoint, write_json, write_text
 from pyro_vae.cli import UsageError
@@ -46,43 +47,69 @@ RHAT_LIMIT = 1.01
 MIN_ESS_PER_CHAIN = 100  # Vehtari et al. (2021): bulk and tail ESS of at least 100 per chain
 
 
-def sample_latents(model, x, chains=4, warmup=500, samples=500, init=None, seed=0, jit=True, progress=False):
-    """NUTS draws of z_1..z_N | x_1..x_N with the model's weights fixed.
+def latent_log_density(model, x, chains):
+    """The target of NUTS: z of shape (chains, N, L) -> (log p(x, z) of each
+    chain's state, shape (chains,), and its gradient in z), where
+    log p(x, z) = sum_i log p(z_i) + log p(x_i | z_i).
+
+    It calls the model's own ``prior`` and ``likelihood``, the two
+    distributions its program samples from (``LatentVariableModel.forward``),
+    rather than tracing the program with Pyro: the sampler records this
+    function once with ``torch.jit.trace``, and Pyro's bookkeeping (plate
+    scales, broadcasting) would stay in the recording as a quarter more
+    operations at every leapfrog step. ``tests/test_nuts.py`` checks that the
+    two agree for every registered model.
+    """
+    x_all = x.repeat(chains, 1)
+
+    def log_density(z):
+        z = z.detach().requires_grad_(True)
+        # validation off: its checks would be recorded as dead operations, or as fixed branches
+        with torch.enable_grad(), pyro.validation_enabled(False):
+            flat = z.reshape(-1, z.shape[-1])
+            per_point = model.prior(x_all).log_prob(flat) + model.likelihood(flat).log_prob(x_all)
+            value = per_point.reshape(z.shape[:2]).sum(-1)
+            (grad,) = torch.autograd.grad(value.sum(), z)
+        return value.detach(), grad
+
+    return log_density
+
+
+def sample_latents(model, x, chains=4, warmup=500, samples=500, init=None, seed=0, progress=False):
+    """NUTS draws of z_1..z_N | x_1..x_N with the model's weights fixed
+    (``pyro_vae.nuts_sampler``: all chains in one batch, a dense L x L mass
+    matrix block per point).
 
     ``init`` is a distribution over z with batch shape (N,) (an encoder's
     q(z | x), say): each chain starts from its own draw of it, so that chains
     start apart (R-hat needs that) but near the posterior. Without it chains
-    start from Pyro's default (uniform in [-2, 2]).
+    start uniformly in [-2, 2], as Pyro's default does.
 
-    Returns (draws of shape (chains, samples, N, latent_dim), divergent
-    (chains, samples) bool, seconds of wall time for all chains).
+    Returns (draws of shape (chains, samples, N, latent_dim), per-iteration
+    statistics of shape (chains, samples) (``diverging``, ``tree_depth``,
+    ...), seconds of wall time).
     """
-    draws, divergent = [], []
     start = time.perf_counter()
-    with frozen(model):
-        for chain in range(chains):
-            pyro.set_rng_seed(seed + chain)
-            init_strategy = None if init is None else init_to_value(values={"z": init.sample().detach()})
-            options = {} if init_strategy is None else {"init_strategy": init_strategy}
-            kernel = NUTS(model, jit_compile=jit, ignore_jit_warnings=True, **options)
-            mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, disable_progbar=not progress)
-            with warnings.catch_warnings():
-                # torch >= 2.9 marks torch.jit.trace, which Pyro's jit_compile uses, as deprecated
-                warnings.filterwarnings("ignore", message=".*torch.jit.trace.*", category=FutureWarning)
-                mcmc.run(x)
-            draws.append(mcmc.get_samples()["z"].detach())
-            flags = torch.zeros(samples, dtype=torch.bool)
-            flags[list(mcmc.diagnostics()["divergences"]["chain 0"])] = True
-            divergent.append(flags)
-    return torch.stack(draws), torch.stack(divergent), time.perf_counter() - start
+    pyro.set_rng_seed(seed)
+    shape = (chains, len(x), model.latent_dim)
+    with frozen(model), torch.no_grad():
+        if init is None:
+            z0 = torch.rand(shape, device=x.device, dtype=x.dtype) * 4 - 2
+        else:
+            z0 = init.sample((chains,)).to(x.dtype)
+        log_density = latent_log_density(model, x, chains)
+        draws, stats = nuts_sampler.sample(log_density, z0, warmup, samples, seed, progress=progress)
+    return draws, stats, time.perf_counter() - start
 
 
-def inference_data(draws, divergent, x):
-    """ArviZ InferenceData: posterior z (chain, draw, point, latent), sample
-    stats (diverging) and the observed data."""
+def inference_data(draws, stats, x):
+    """ArviZ InferenceData: posterior z (chain, draw, point, latent), the
+    sampler's statistics per (chain, draw) (``diverging``, ``tree_depth``,
+    ``n_steps``, ``acceptance_rate``, ``energy``, ``step_size``: ArviZ's
+    names) and the observed data."""
     return az.from_dict(
         posterior={"z": draws.cpu().numpy()},
-        sample_stats={"diverging": divergent.cpu().numpy()},
+        sample_stats={name: value.cpu().numpy() for name, value in stats.items()},
         observed_data={"x": x.cpu().numpy()},
         dims={"z": ["point", "latent"], "x": ["point", "feature"]},
     )
@@ -134,7 +161,7 @@ def monte_carlo_em(model, x, iterations, warmup, samples, m_steps, lr, seed=0, p
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     init, history = None, []
     for iteration in range(1, iterations + 1):
-        draws, divergent, seconds = sample_latents(model, x, 1, warmup, samples, init, seed + iteration, progress=progress)
+        draws, stats, seconds = sample_latents(model, x, 1, warmup, samples, init, seed + iteration, progress=progress)
         z = draws[0]  # (samples, N, L)
         start = time.perf_counter()
         model.train()
@@ -146,7 +173,7 @@ def monte_carlo_em(model, x, iterations, warmup, samples, m_steps, lr, seed=0, p
         model.eval()
         init = torch.distributions.Independent(torch.distributions.Normal(z[-1], 1e-3), 1)
         record = {"iteration": iteration, "log_likelihood_given_z": log_lik.item() / len(x),
-                  "divergences": int(divergent.sum()), "seconds": seconds + time.perf_counter() - start}
+                  "divergences": int(stats["diverging"].sum()), "seconds": seconds + time.perf_counter() - start}
         history.append(record)
         if on_iteration is not None:
             on_iteration(record)
@@ -203,9 +230,9 @@ def fit_nuts(config, progress=True, log=print):
     init = None if init_guide is None else init_guide.posterior(x)
     log(f"NUTS: {config.chains} chains x ({config.warmup} warm-up + {config.samples} draws) on {len(x)} points, "
         f"latent dim {model.latent_dim}, one chain after another")
-    draws, divergent, sampling_seconds = sample_latents(model, x, config.chains, config.warmup, config.samples, init,
+    draws, stats, sampling_seconds = sample_latents(model, x, config.chains, config.warmup, config.samples, init,
                                                         config.seed, progress=progress)
-    idata = inference_data(draws, divergent, x)
+    idata = inference_data(draws, stats, x)
     summary_table, figures, warnings = diagnose(idata, config.chains)
     write_posterior(out, idata, summary_table)
 

@@ -149,3 +149,5 @@ def test_evaluate_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and "checkpoint.pt: not a readable checkpoint" in err and len(err.splitlines()) == 1
     code, err = _exit([str(tmp_path), "--iwae-samples", "0"], capsys)
     assert code == 2 and "positive integer" in err
+    code, err = _exit([str(tmp_path), "--device", "bernoulli_mlp"], capsys)  # found by the fuzzing test
+    assert code == 2 and "not a device" in err and len(err.splitlines()) == 1

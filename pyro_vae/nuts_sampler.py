@@ -1,0 +1,434 @@
+"""NUTS for the local latents z_1..z_N of a model, several chains in one batch.
+
+The state of a chain is the whole (N, L) array of latents, and one NUTS
+chain samples their joint posterior p(z_1..z_N | x_1..x_N), as Pyro's and
+NumPyro's NUTS do. Two things set it apart from those, both about speed:
+
+- The chains move in lockstep so that one batched call of ``log_density``
+  serves every chain at every leapfrog step: a chain whose tree has stopped
+  takes steps of size zero until the iteration's deepest tree is done.
+- The mass matrix is block diagonal with one dense L x L block per data
+  point. Given the decoder the posterior factorises over points, so its
+  covariance has exactly this shape: the metric whitens each point's
+  correlated posterior, which a diagonal metric cannot, at the cost of N
+  small blocks.
+
+Each iteration a chain builds its tree by repeated doubling (Hoffman &
+Gelman 2014). Every new subtree of 2^d leapfrog steps is computed whole;
+it is rejected if a step diverged or if any of its balanced sub-subtrees
+makes a U-turn, the checks recursive NUTS makes while building it. A draw is
+picked by multinomial sampling inside the subtree and biased progressive
+sampling between subtrees, and the tree stops at the generalised U-turn
+criterion (Betancourt 2017), as in Stan and NumPyro.
+
+Warm-up is Stan's: the step size by dual averaging towards a mean acceptance
+statistic of 0.8 (Hoffman & Gelman 2014, algorithm 5); the mass matrix
+blocks from the covariance of each point's draws, regularised as in Stan,
+over windows of 25, 50, 100, ... iterations between an initial buffer of 75
+and a final one of 50; after each window the step size is found afresh.
+
+All random numbers come from one ``torch.Generator`` seeded by ``seed``: the
+same seed on the same device gives the same draws.
+"""
+
+import math
+import warnings
+from typing import NamedTuple
+
+import torch
+from tqdm import tqdm
+
+MAX_ENERGY_ERROR = 1000.0  # a leapfrog step whose energy grows by more than this diverged (Stan's threshold)
+TARGET_ACCEPT = 0.8
+
+
+# --------------------------------------------------------------------------- Hamiltonian dynamics
+#
+# A chain's position z is an (N, L) array, its momentum r ~ N(0, M), with the
+# inverse mass matrix C = M^{-1} block diagonal: C_i (L, L) for point i.
+# H(z, r) = -log p(z) + sum_i r_i^T C_i r_i / 2; velocity dz_i/dt = C_i r_i.
+# Tensors carry a leading chain axis: z (chains, N, L), C (chains, N, L, L).
+
+
+def velocity(r, inverse_mass):
+    return (inverse_mass @ r.unsqueeze(-1)).squeeze(-1)
+
+
+def dot(a, b):
+    """Inner product of two chain states, one number per chain."""
+    return (a * b).sum((-2, -1))
+
+
+def kinetic_energy(r, inverse_mass):
+    return 0.5 * dot(r, velocity(r, inverse_mass))
+
+
+def sample_momentum(momentum_factor, generator):
+    """r ~ N(0, M): with C = A A^T (Cholesky), r = A^{-T} e has covariance
+    A^{-T} A^{-1} = C^{-1} = M; ``momentum_factor`` is A^{-T}."""
+    noise = torch.randn(momentum_factor.shape[:-1], generator=generator, device=momentum_factor.device,
+                        dtype=momentum_factor.dtype)
+    return velocity(noise, momentum_factor)
+
+
+def per_chain(value, like):
+    """A (chains,) tensor shaped to broadcast against ``like``."""
+    return value.view(-1, *[1] * (like.dim() - 1))
+
+
+class Leapfrog(torch.nn.Module):
+    """One leapfrog step of signed size ``step`` (chains,) for every chain;
+    ``grad`` is the gradient of log p at ``z``. Returns (z, r, grad, log p,
+    kinetic energy) after it. A module so that :func:`compile_leapfrog` can
+    record it, ``log_density`` included, as one graph."""
+
+    def __init__(self, log_density):
+        super().__init__()
+        self.log_density = log_density
+
+    def forward(self, z, r, grad, step, inverse_mass):
+        step = per_chain(step, z)
+        r = r + 0.5 * step * grad
+        z = z + step * velocity(r, inverse_mass)
+        log_p, grad = self.log_density(z)
+        r = r + 0.5 * step * grad
+        return z, r, grad, log_p, kinetic_energy(r, inverse_mass)
+
+
+def compile_leapfrog(log_density, z):
+    """The leapfrog step recorded once with ``torch.jit.trace`` and frozen: a
+    step then costs its tensor operations and none of the Python that
+    produced them (for a Pyro model, most of the cost). Tracing keeps one
+    path through the code and must see the gradient's operations, so the
+    recording is checked against the Python at a second point; where it
+    fails or disagrees (values steering the code, say) the Python runs, with
+    a warning."""
+    leapfrog = Leapfrog(log_density).eval()
+    chains, n_points, dim = z.shape
+    eye = torch.eye(dim, device=z.device, dtype=z.dtype).expand(chains, n_points, dim, dim).contiguous()
+    step = torch.full((chains,), 0.1, device=z.device, dtype=z.dtype)
+    example = (z, torch.cos(3 * z), torch.zeros_like(z), step, eye)
+    check = (z + 0.1, torch.sin(2 * z), torch.cos(z), 2 * step, 2 * eye)  # any other point would do
+    try:
+        with warnings.catch_warnings():
+            # torch >= 2.9 marks torch.jit as deprecated; the tracer warns of the Python values it fixes
+            warnings.simplefilter("ignore")
+            traced = torch.jit.freeze(torch.jit.trace(leapfrog, example, check_trace=False))
+            agree = all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(traced(*check), leapfrog(*check)))
+        reason = "the recording disagrees with the Python"
+    except (RuntimeError, TypeError, ValueError) as error:  # a model's own error reappears in the Python
+        agree, reason = False, str(error).splitlines()[0]
+    if agree:
+        return traced
+    warnings.warn(f"NUTS runs the model's Python at every step (slower): torch.jit.trace could not record it "
+                  f"({reason})", stacklevel=3)
+    return leapfrog
+
+
+def is_turning(r_left, r_right, r_sum, inverse_mass):
+    """The generalised no-U-turn criterion for a trajectory whose momenta sum
+    to ``r_sum`` (Betancourt 2017, appendix A.4.2, as in NumPyro): it turns
+    when an end's velocity C r_end points against the trajectory, the sum
+    taken without half of each end. C is symmetric, so (C r_end) . s =
+    r_end . (C s) and one product with C serves both ends."""
+    r_sum = r_sum - 0.5 * (r_left + r_right)
+    v_sum = velocity(r_sum, inverse_mass)
+    return (dot(r_left, v_sum) <= 0) | (dot(r_right, v_sum) <= 0)
+
+
+def subtree_turning(momenta, inverse_mass):
+    """Whether any balanced binary subtree (2, 4, ..., all leaves) of a new
+    subtree turns: the checks recursive NUTS makes while building it, here
+    all at once. ``momenta`` (2^d, chains, N, L) in the order the leaves were
+    made (the criterion is symmetric, so the direction does not matter)."""
+    firsts, lasts, sums = [], [], []
+    first = last = total = momenta  # blocks of one leaf; each pass pairs neighbouring blocks
+    while len(total) > 1:
+        first, last, total = first[0::2], last[1::2], total[0::2] + total[1::2]
+        firsts.append(first)
+        lasts.append(last)
+        sums.append(total)
+    if not sums:
+        return torch.zeros(momenta.shape[1], dtype=torch.bool, device=momenta.device)
+    return is_turning(torch.cat(firsts), torch.cat(lasts), torch.cat(sums), inverse_mass).any(0)
+
+
+def select(mask, new, old):
+    """Per chain, ``new`` where ``mask`` else ``old``, for tuples of tensors."""
+    return tuple(torch.where(per_chain(mask, a), a, b) for a, b in zip(new, old))
+
+
+class Tree(NamedTuple):
+    """The NUTS tree of every chain, as it grows."""
+
+    left_z: torch.Tensor  # the two ends of the trajectory: position, momentum, gradient
+    left_r: torch.Tensor
+    left_grad: torch.Tensor
+    right_z: torch.Tensor
+    right_r: torch.Tensor
+    right_grad: torch.Tensor
+    z: torch.Tensor  # the draw picked so far, with its log density and gradient
+    log_p: torch.Tensor
+    grad: torch.Tensor
+    log_weight: torch.Tensor  # log of the sum over the leaves of exp(H0 - H)
+    r_sum: torch.Tensor  # the sum of the leaves' momenta
+    active: torch.Tensor  # still growing: no U-turn, no divergence yet
+    depth: torch.Tensor  # doublings kept so far
+    n_steps: torch.Tensor  # leapfrog steps so far
+    accept_sum: torch.Tensor  # sum over those steps of min(1, exp(H0 - H))
+    diverging: torch.Tensor
+
+
+def extend_tree(tree, zs, rs, grads, log_ps, kinetic, forward, energy0, inverse_mass, uniform_leaves, uniform):
+    """Merge a new subtree, leaves (zs, rs, grads, log p, kinetic energy) of
+    shape (2^d, chains, ...) made in direction ``forward``, into ``tree``.
+
+    The subtree is rejected, and the tree stops growing, if a step diverged
+    or one of its balanced sub-subtrees turns. Otherwise a draw is picked
+    inside it in proportion to exp(H0 - H) (Gumbel-max on
+    ``uniform_leaves``), the tree's draw moves to it with probability
+    min(1, w_subtree / w_tree) (biased progressive sampling, on
+    ``uniform``), and the tree stops if the whole trajectory now turns.
+    Pure tensor code with no branch on values, so :class:`ExtendTree` can
+    record it once per depth.
+    """
+    active = tree.active
+    log_w = torch.nan_to_num(energy0 + log_ps - kinetic, nan=-math.inf)  # (2^d, chains): H0 - H per leaf
+    diverged = (log_w < -MAX_ENERGY_ERROR).any(0)
+    accept_sum = tree.accept_sum + active * log_w.exp().clamp(max=1).sum(0)
+    n_steps = tree.n_steps + active * len(zs)
+    diverging = tree.diverging | (active & diverged)
+
+    pick = (log_w - torch.log(-torch.log(uniform_leaves))).argmax(0)
+    index = torch.arange(len(pick), device=pick.device)
+    sub_log_weight = torch.logsumexp(log_w, 0)
+    ok = active & ~diverged & ~subtree_turning(rs, inverse_mass)
+    depth = tree.depth + ok  # as Stan counts: doublings that were kept
+    move = ok & (uniform.log() < sub_log_weight - tree.log_weight)
+    z, log_p, grad = select(move, (zs[pick, index], log_ps[pick, index], grads[pick, index]),
+                            (tree.z, tree.log_p, tree.grad))
+    log_weight = torch.where(ok, torch.logaddexp(tree.log_weight, sub_log_weight), tree.log_weight)
+    end = (zs[-1], rs[-1], grads[-1])
+    right = select(ok & forward, end, (tree.right_z, tree.right_r, tree.right_grad))
+    left = select(ok & ~forward, end, (tree.left_z, tree.left_r, tree.left_grad))
+    r_sum = torch.where(per_chain(ok, rs[0]), tree.r_sum + rs.sum(0), tree.r_sum)
+    active = ok & ~is_turning(left[1], right[1], r_sum, inverse_mass)
+    return Tree(*left, *right, z, log_p, grad, log_weight, r_sum, active, depth, n_steps, accept_sum, diverging)
+
+
+class ExtendTree:
+    """:func:`extend_tree` recorded with ``torch.jit.trace`` once per subtree
+    depth (its shapes, and so its loops, depend on the depth only): a
+    doubling then costs its tensor operations, about a hundred, without the
+    Python around each."""
+
+    def __init__(self):
+        self.recorded = {}
+
+    def __call__(self, tree, *args):
+        depth = len(args[0]).bit_length() - 1  # 2^depth leaves
+        if depth not in self.recorded:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch >= 2.9 marks torch.jit as deprecated
+                # the tracer hands the tree over as a plain tuple
+                self.recorded[depth] = torch.jit.trace(lambda tree, *args: extend_tree(Tree(*tree), *args),
+                                                       (tree, *args), check_trace=False)
+        return Tree(*self.recorded[depth](tree, *args))
+
+
+def nuts_transition(z, log_p, grad, step_size, inverse_mass, momentum_factor, leapfrog, extend, generator,
+                    max_tree_depth):
+    """One multinomial NUTS transition of every chain: the tree doubles, in a
+    random direction each time, until it stops or reaches ``max_tree_depth``.
+
+    Returns the new (z, log p, grad) and per-chain statistics: the mean
+    acceptance statistic min(1, exp(H0 - H)) over the tree's leapfrog steps
+    (what step-size adaptation targets), the tree depth, the number of
+    leapfrog steps, whether a step diverged, and the energy H0.
+    """
+    chains = z.shape[0]
+    options = {"device": z.device, "dtype": z.dtype}
+    r = sample_momentum(momentum_factor, generator)
+    energy0 = -log_p + kinetic_energy(r, inverse_mass)
+    zeros = torch.zeros(chains, **options)
+    tree = Tree(z, r, grad, z, r, grad, z, log_p, grad, log_weight=zeros, r_sum=r,
+                active=torch.ones(chains, dtype=torch.bool, device=z.device),
+                depth=torch.zeros(chains, dtype=torch.long, device=z.device), n_steps=zeros, accept_sum=zeros,
+                diverging=torch.zeros(chains, dtype=torch.bool, device=z.device))
+    for d in range(max_tree_depth):
+        if not tree.active.any():
+            break
+        forward = torch.rand(chains, generator=generator, **options) < 0.5
+        step = step_size * (forward.to(z.dtype) * 2 - 1) * tree.active  # a stopped chain stands still
+        # the new subtree: 2^d leapfrog steps on from the tree's end in this direction
+        leaf = select(forward, (tree.right_z, tree.right_r, tree.right_grad), (tree.left_z, tree.left_r, tree.left_grad))
+        leaves = []
+        for _ in range(2**d):
+            leaf = leapfrog(*leaf[:3], step, inverse_mass)
+            leaves.append(leaf)
+        uniform_leaves = torch.rand(2**d, chains, generator=generator, **options)
+        uniform = torch.rand(chains, generator=generator, **options)
+        tree = extend(tree, *(torch.stack(t) for t in zip(*leaves)), forward, energy0, inverse_mass, uniform_leaves,
+                      uniform)
+    stats = {"acceptance_rate": tree.accept_sum / tree.n_steps, "tree_depth": tree.depth, "n_steps": tree.n_steps,
+             "diverging": tree.diverging, "energy": energy0}
+    return (tree.z, tree.log_p, tree.grad), stats
+
+
+# --------------------------------------------------------------------------- warm-up
+
+
+def initial_step_size(z, log_p, grad, step_size, inverse_mass, momentum_factor, leapfrog, generator, max_doublings=50):
+    """Stan's heuristic, per chain: double (or halve) the step size while one
+    leapfrog step from z keeps (or fails to keep) exp(H0 - H) above 0.8."""
+
+    def log_accept(step):
+        r = sample_momentum(momentum_factor, generator)
+        _, _, _, log_p_new, kinetic_new = leapfrog(z, r, grad, step, inverse_mass)
+        delta = (log_p_new - kinetic_new) - (log_p - kinetic_energy(r, inverse_mass))
+        return torch.nan_to_num(delta, nan=-math.inf)
+
+    threshold = math.log(0.8)
+    grow = log_accept(step_size) > threshold
+    active = torch.ones_like(grow)
+    for _ in range(max_doublings):
+        trial = torch.where(grow, step_size * 2, step_size / 2)
+        accept = log_accept(trial)
+        crossed = torch.where(grow, accept <= threshold, accept >= threshold)
+        step_size = torch.where(active, trial, step_size)
+        active = active & ~crossed
+        if not active.any():
+            break
+    return step_size
+
+
+class DualAveraging:
+    """Step-size adaptation of Hoffman & Gelman (2014), algorithm 5, with
+    Stan's constants, one per chain: drives the mean acceptance statistic
+    towards ``target``; ``final`` is the averaged iterate used after warm-up."""
+
+    gamma, t0, kappa = 0.05, 10.0, 0.75
+
+    def __init__(self, step_size, target=TARGET_ACCEPT):
+        self.mu = (10 * step_size).log()
+        self.target = target
+        self.t = 0
+        self.error_avg = torch.zeros_like(step_size)
+        self.log_step_avg = torch.zeros_like(step_size)
+
+    def update(self, acceptance_rate):
+        self.t += 1
+        eta = 1.0 / (self.t + self.t0)
+        self.error_avg = (1 - eta) * self.error_avg + eta * (self.target - acceptance_rate)
+        log_step = self.mu - math.sqrt(self.t) / self.gamma * self.error_avg
+        weight = self.t**-self.kappa
+        self.log_step_avg = weight * log_step + (1 - weight) * self.log_step_avg
+        return log_step.exp()
+
+    def final(self):
+        return self.log_step_avg.exp()
+
+
+def adaptation_windows(warmup, init_buffer=75, term_buffer=50, base_window=25):
+    """Stan's schedule: [(start, end), ...] of the windows whose draws estimate
+    the mass matrix, each twice the last, the last stretched to end
+    ``term_buffer`` iterations before the end of warm-up."""
+    if warmup < 20:
+        return []
+    if init_buffer + base_window + term_buffer > warmup:
+        init_buffer, term_buffer = int(0.15 * warmup), int(0.1 * warmup)
+        base_window = warmup - init_buffer - term_buffer
+    windows, start, size = [], init_buffer, base_window
+    while True:
+        end = start + size
+        if end + 2 * size > warmup - term_buffer:
+            windows.append((start, warmup - term_buffer))
+            return windows
+        windows.append((start, end))
+        start, size = end, 2 * size
+
+
+class WindowCovariance:
+    """Running (Welford) mean and covariance of each point's draws, per chain;
+    ``estimate`` is Stan's regularised n/(n+5) S + 1e-3 * 5/(n+5) I."""
+
+    def __init__(self, like):
+        self.n = 0
+        self.mean = torch.zeros_like(like)
+        self.scatter = torch.zeros(*like.shape, like.shape[-1], device=like.device, dtype=like.dtype)
+
+    def update(self, z):
+        self.n += 1
+        delta = z - self.mean
+        self.mean = self.mean + delta / self.n
+        self.scatter = self.scatter + delta.unsqueeze(-1) * (z - self.mean).unsqueeze(-2)
+
+    def estimate(self):
+        n, eye = self.n, torch.eye(self.mean.shape[-1], device=self.mean.device, dtype=self.mean.dtype)
+        covariance = self.scatter / max(n - 1, 1)
+        return n / (n + 5.0) * covariance + 1e-3 * 5.0 / (n + 5.0) * eye
+
+
+def momentum_factor_of(inverse_mass):
+    """A^{-T} for C = A A^T: what turns standard normal noise into r ~ N(0, C^{-1})."""
+    factor = torch.linalg.cholesky(inverse_mass)
+    eye = torch.eye(inverse_mass.shape[-1], device=inverse_mass.device, dtype=inverse_mass.dtype)
+    return torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False).mT
+
+
+# --------------------------------------------------------------------------- the sampler
+
+
+def sample(log_density, init, warmup=500, samples=500, seed=0, max_tree_depth=10, progress=False):
+    """NUTS draws from p(z), one chain per leading row of ``init``.
+
+    ``log_density(z)`` takes z of shape (chains, N, L) and returns (log p(z)
+    per chain, shape (chains,), and its gradient in z, same shape as z).
+    ``init`` (chains, N, L) is where the chains start.
+
+    Returns (draws of shape (chains, samples, N, L), statistics of the kept
+    iterations, each of shape (chains, samples): ``acceptance_rate``,
+    ``tree_depth``, ``n_steps``, ``diverging``, ``energy``, ``step_size``).
+    """
+    generator = torch.Generator(device=init.device)
+    generator.manual_seed(seed)
+    chains, n_points, dim = init.shape
+    options = {"device": init.device, "dtype": init.dtype}
+    z = init.detach()
+    log_p, grad = log_density(z)
+    if not torch.isfinite(log_p).all():
+        raise ValueError("the log density is not finite where the chains start")
+    leapfrog, extend = compile_leapfrog(log_density, z), ExtendTree()
+    inverse_mass = torch.eye(dim, **options).expand(chains, n_points, dim, dim).contiguous()
+    momentum_factor = inverse_mass
+    step_size = initial_step_size(z, log_p, grad, torch.ones(chains, **options), inverse_mass, momentum_factor,
+                                  leapfrog, generator)
+    adapter = DualAveraging(step_size)
+    windows = adaptation_windows(warmup)
+    covariance = None
+    draws, stats = [], []
+    for iteration in tqdm(range(warmup + samples), disable=not progress, desc="NUTS", unit="it"):
+        (z, log_p, grad), info = nuts_transition(z, log_p, grad, step_size, inverse_mass, momentum_factor,
+                                                 leapfrog, extend, generator, max_tree_depth)
+        if iteration >= warmup:
+            draws.append(z)
+            stats.append({**info, "step_size": step_size})
+            continue
+        step_size = adapter.update(info["acceptance_rate"])
+        window = next(((start, end) for start, end in windows if start <= iteration < end), None)
+        if window is not None:
+            covariance = covariance or WindowCovariance(z)
+            covariance.update(z)
+            if iteration + 1 == window[1]:  # the window ends: a new metric, and a step size found for it
+                inverse_mass = covariance.estimate()
+                momentum_factor = momentum_factor_of(inverse_mass)
+                covariance = None
+                step_size = initial_step_size(z, log_p, grad, step_size, inverse_mass, momentum_factor,
+                                              leapfrog, generator)
+                adapter = DualAveraging(step_size)
+        if iteration + 1 == warmup:
+            step_size = adapter.final()
+    if not draws:
+        return init.new_zeros(chains, 0, n_points, dim), {}
+    stats = {name: torch.stack([s[name] for s in stats], 1) for name in stats[0]}
+    return torch.stack(draws, 1), stats

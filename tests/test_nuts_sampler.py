@@ -1,0 +1,152 @@
+"""The NUTS sampler (pyro_vae.nuts_sampler) against targets with known answers."""
+
+import math
+
+import arviz as az
+import pytest
+import torch
+
+from pyro_vae import nuts_sampler
+from pyro_vae.building_blocks import frozen
+from pyro_vae.evaluate import log_joint_terms
+from pyro_vae.nuts import latent_log_density
+from pyro_vae.registry import get_model, model_names
+
+
+def gaussian_target(n_points=6, dim=2, seed=0):
+    """Independent correlated Gaussians, one per point, and their log density
+    (chains, N, L) -> (log p per chain, gradient)."""
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(n_points, dim, generator=g) * 2
+    factor = torch.randn(n_points, dim, dim, generator=g) * torch.tensor([0.3, 3.0])[:dim]
+    covariance = factor @ factor.mT + 0.05 * torch.eye(dim)
+    precision = torch.linalg.inv(covariance)
+
+    def log_density(z):
+        centred = z - mean
+        grad = -(precision @ centred.unsqueeze(-1)).squeeze(-1)
+        return 0.5 * (centred * grad).sum((-2, -1)), grad
+
+    return mean, covariance, log_density
+
+
+def test_draws_match_correlated_gaussians():
+    mean, covariance, log_density = gaussian_target()
+    init = torch.zeros(3, *mean.shape)
+    draws, stats = nuts_sampler.sample(log_density, init, warmup=300, samples=600, seed=1)
+    assert draws.shape == (3, 600, *mean.shape)
+    idata = az.from_dict(posterior={"z": draws.numpy()})
+    ess = torch.as_tensor(az.ess(idata)["z"].values)
+    assert float(az.rhat(idata)["z"].max()) < 1.01
+    flat = draws.reshape(-1, *mean.shape)
+    sd = covariance.diagonal(dim1=-2, dim2=-1).sqrt()
+    assert torch.all((flat.mean(0) - mean).abs() < 5 * sd / ess.sqrt())
+    # the variance's Monte Carlo error, with the effective sample size of the squares
+    squares = az.from_dict(posterior={"z": ((draws - mean) ** 2).numpy()})
+    ess_squares = torch.as_tensor(az.ess(squares, method="mean")["z"].values)
+    assert torch.all((flat.var(0) / sd**2 - 1).abs() < 5 * (2 / ess_squares).sqrt())
+    # the posterior correlations (up to 0.99 here) are found, not only the variances
+    empirical = torch.einsum("snk,snl->nkl", flat - flat.mean(0), flat - flat.mean(0)) / (len(flat) - 1)
+    correlation = covariance[:, 0, 1] / (sd[:, 0] * sd[:, 1])
+    assert torch.allclose(empirical[:, 0, 1] / empirical.diagonal(dim1=-2, dim2=-1).sqrt().prod(-1), correlation,
+                          atol=0.05)
+    assert not stats["diverging"].any()
+    assert 0.6 < float(stats["acceptance_rate"].mean()) < 1.0
+
+
+def test_same_seed_same_draws_other_seed_other_draws():
+    mean, _, log_density = gaussian_target(n_points=3)
+    run = lambda seed: nuts_sampler.sample(log_density, torch.zeros(2, *mean.shape), 50, 20, seed)[0]  # noqa: E731
+    assert torch.equal(run(4), run(4))
+    assert not torch.equal(run(4), run(5))
+
+
+def test_subtree_turning_is_the_recursive_check():
+    """All balanced sub-subtrees at once equals checking them one by one."""
+    g = torch.Generator().manual_seed(0)
+    for depth in range(5):
+        for _ in range(20):
+            momenta = torch.randn(2**depth, 3, 4, 2, generator=g)
+            factor = torch.randn(3, 4, 2, 2, generator=g)
+            inverse_mass = factor @ factor.mT + 0.1 * torch.eye(2)
+            expected = torch.zeros(3, dtype=torch.bool)
+            size = 2
+            while size <= len(momenta):
+                for start in range(0, len(momenta), size):
+                    block = momenta[start:start + size]
+                    expected |= nuts_sampler.is_turning(block[0], block[-1], block.sum(0), inverse_mass)
+                size *= 2
+            assert torch.equal(nuts_sampler.subtree_turning(momenta, inverse_mass), expected)
+
+
+def test_is_turning_on_a_circle():
+    """Momenta along a circular orbit: no U-turn over less than half a turn, a U-turn past it."""
+    eye = torch.eye(2).expand(1, 1, 2, 2)
+
+    def arc(angle, n=50):
+        t = torch.linspace(0, angle, n)
+        return torch.stack([-torch.sin(t), torch.cos(t)], -1).view(n, 1, 1, 2)
+
+    short, long = arc(0.9 * math.pi), arc(1.2 * math.pi)
+    assert not nuts_sampler.is_turning(short[0], short[-1], short.sum(0), eye)
+    assert nuts_sampler.is_turning(long[0], long[-1], long.sum(0), eye)
+
+
+def test_warmup_windows_are_stans():
+    assert nuts_sampler.adaptation_windows(500) == [(75, 100), (100, 150), (150, 250), (250, 450)]
+    assert nuts_sampler.adaptation_windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
+    assert nuts_sampler.adaptation_windows(100) == [(15, 90)]  # too short for the defaults: 15% / 75% / 10%
+    assert nuts_sampler.adaptation_windows(10) == []
+
+
+def test_recorded_leapfrog_equals_the_python_one():
+    mean, _, log_density = gaussian_target(n_points=4)
+    z = torch.randn(2, *mean.shape)
+    recorded = nuts_sampler.compile_leapfrog(log_density, z)
+    assert isinstance(recorded, torch.jit.ScriptModule)
+    args = (z, torch.randn_like(z), log_density(z)[1], torch.tensor([0.2, -0.3]),
+            torch.eye(2).expand(2, 4, 2, 2).contiguous())
+    for a, b in zip(recorded(*args), nuts_sampler.Leapfrog(log_density)(*args)):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("failure", ["disagrees", "raises"])
+def test_a_density_that_cannot_be_recorded_runs_in_python(failure):
+    """A recording that differs from the Python (as when code branches on
+    values) or that fails is not used: the Python runs, with a warning."""
+    mean, _, gaussian = gaussian_target(n_points=2)
+
+    def log_density(z):
+        log_p, grad = gaussian(z)
+        if torch.jit.is_tracing():  # stands for a branch the recording would hold fixed
+            if failure == "raises":
+                raise RuntimeError("cannot record this")
+            log_p = log_p + 1.0
+        return log_p, grad
+
+    z = torch.zeros(1, *mean.shape)
+    with pytest.warns(UserWarning, match="torch.jit.trace could not record"):
+        leapfrog = nuts_sampler.compile_leapfrog(log_density, z)
+    assert isinstance(leapfrog, nuts_sampler.Leapfrog)
+    draws, _ = nuts_sampler.sample(gaussian, torch.zeros(1, *mean.shape), 30, 10, seed=0)
+    with pytest.warns(UserWarning):
+        same, _ = nuts_sampler.sample(log_density, torch.zeros(1, *mean.shape), 30, 10, seed=0)
+    assert torch.allclose(draws, same, atol=1e-4)  # the Python path samples the same chain
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_nuts_target_is_the_model_program(name):
+    """The density NUTS samples (the model's prior and likelihood) is the one
+    the model's Pyro program defines, for every registered model."""
+    torch.manual_seed(0)
+    model = get_model(name)(data_dim=6, latent_dim=3, hidden_dims=(5,))
+    x = torch.rand(4, 6).round() if name == "bernoulli_mlp" else torch.randn(4, 6)
+    z = torch.randn(2, 4, 3)
+    with frozen(model):
+        value, grad = latent_log_density(model, x, chains=2)(z)
+        log_lik, log_prior = log_joint_terms(model, x, z)
+        assert torch.allclose(value, (log_lik + log_prior).sum(-1), atol=1e-4)
+        z_ = z.clone().requires_grad_(True)
+        with torch.enable_grad():
+            (expected,) = torch.autograd.grad(sum(log_joint_terms(model, x, z_)).sum(), z_)
+        assert torch.allclose(grad, expected, atol=1e-4)
