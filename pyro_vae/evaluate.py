@@ -24,7 +24,6 @@ import math
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import scale_and_mask
 from tqdm import tqdm
 
 from pyro_vae.checkpoint import CheckpointError, write_json
@@ -48,17 +47,15 @@ def log_joint_terms(model, x, z):
     """
     with pyro.validation_enabled(False), pyro.plate("particles", z.shape[0], dim=-2):
         trace = poutine.trace(poutine.condition(model, data={"z": z})).get_trace(x)
+    trace.compute_log_prob()
     log_lik = log_prior = 0.0
     for site in trace.nodes.values():
         if site["type"] != "sample":
             continue
-        # what trace.compute_log_prob() computes, without its NaN check, which
-        # reads values back into Python and so would stop make_fx (pyro_vae.nuts)
-        log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
         if site["is_observed"] and site["name"] != "z":
-            log_lik = log_lik + log_prob
+            log_lik = log_lik + site["log_prob"]
         else:
-            log_prior = log_prior + log_prob
+            log_prior = log_prior + site["log_prob"]
     return log_lik, log_prior
 
 

@@ -471,7 +471,7 @@ def parser():
                            "Carlo EM from scratch on --subset training points (default %(default)s)")
     nuts.add_argument("--decoder-from", metavar="RUN_DIR", help="the run whose decoder is held fixed")
     nuts.add_argument("--subset", type=positive_int, default=d.subset, metavar="N", help="points (default %(default)s)")
-    nuts.add_argument("--chains", type=positive_int, default=d.chains, help="chains, run one after another (default %(default)s)")
+    nuts.add_argument("--chains", type=positive_int, default=d.chains, help="chains, all moved together in one batch (default %(default)s)")
     nuts.add_argument("--warmup", type=nonnegative_int, default=d.warmup, help="warm-up steps per chain (default %(default)s)")
     nuts.add_argument("--samples", type=positive_int, default=d.samples, help="draws per chain (default %(default)s)")
     nuts.add_argument("--em-iterations", type=positive_int, default=d.em_iterations, help="mcem rounds (default %(default)s)")

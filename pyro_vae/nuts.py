@@ -57,8 +57,8 @@ def latent_log_density(model, x, chains):
     rather than tracing the program with Pyro: the sampler records this
     function once with ``torch.jit.trace``, and Pyro's bookkeeping (plate
     scales, broadcasting) would stay in the recording as a quarter more
-    operations at every leapfrog step. ``tests/test_nuts.py`` checks that the
-    two agree for every registered model.
+    operations at every leapfrog step. ``tests/test_nuts_sampler.py`` checks
+    that the two agree for every registered model.
     """
     x_all = x.repeat(chains, 1)
 
@@ -229,9 +229,9 @@ def fit_nuts(config, progress=True, log=print):
         write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     init = None if init_guide is None else init_guide.posterior(x)
     log(f"NUTS: {config.chains} chains x ({config.warmup} warm-up + {config.samples} draws) on {len(x)} points, "
-        f"latent dim {model.latent_dim}, one chain after another")
+        f"latent dim {model.latent_dim}, all chains in one batch")
     draws, stats, sampling_seconds = sample_latents(model, x, config.chains, config.warmup, config.samples, init,
-                                                        config.seed, progress=progress)
+                                                    config.seed, progress=progress)
     idata = inference_data(draws, stats, x)
     summary_table, figures, warnings = diagnose(idata, config.chains)
     write_posterior(out, idata, summary_table)
