@@ -11,6 +11,8 @@ holding the same weights:
 
 - ``pyro_vae``: 500 + 500 from the same default initialisation as Pyro's
   (uniform in [-2, 2]);
+- ``pyro_vae (torch.set_num_threads(1))``: the same with torch on one
+  thread (the tensors are small: threads cost more than they bring);
 - ``pyro_vae (mean-field init, 150 warm-up)``: chains start from a draw of
   the per-point mean-field fit (``fit_local_posterior``, its time included)
   and warm up for 150 steps instead of 500, then 500 draws.
@@ -51,15 +53,21 @@ def main():
     model = project_model(weights)
     rows = run_baselines(500, 500, args.seeds, args.skip_numpyro)
 
-    default, warm = [], []
+    default, one_thread, warm = [], [], []
+    threads = torch.get_num_threads()
     for seed in range(args.seeds):
         draws, _, seconds = sample_latents(model, x, chains=1, warmup=500, samples=500, seed=seed)
         default.append((seconds, draws[0].numpy()))
+        torch.set_num_threads(1)
+        draws, _, seconds = sample_latents(model, x, chains=1, warmup=500, samples=500, seed=seed)
+        one_thread.append((seconds, draws[0].numpy()))
+        torch.set_num_threads(threads)
         start = time.perf_counter()
         q, steps = fit_local_posterior(model, x)
         draws, _, _ = sample_latents(model, x, chains=1, warmup=150, samples=500, init=q, seed=seed)
         warm.append((time.perf_counter() - start, draws[0].numpy()))
     rows.append(make_row("pyro_vae", default))
+    rows.append(make_row("pyro_vae (torch.set_num_threads(1))", one_thread))
     rows.append(make_row("pyro_vae (mean-field init, 150 warm-up)", warm))
     report(rows)
 
