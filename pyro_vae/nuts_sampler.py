@@ -191,6 +191,12 @@ def extend_tree(tree, zs, rs, grads, log_ps, kinetic, forward, energy0, inverse_
     ``uniform``), and the tree stops if the whole trajectory now turns.
     Pure tensor code with no branch on values, so :class:`ExtendTree` can
     record it once per depth.
+
+    Recursive NUTS stops building a subtree at its first U-turn or
+    divergence; here the whole subtree has been computed, so a divergence
+    past an inner U-turn is counted too, and its steps enter the acceptance
+    statistic. The draws are the same; the divergence count errs on the
+    side of warning.
     """
     active = tree.active
     log_w = torch.nan_to_num(energy0 + log_ps - kinetic, nan=-math.inf)  # (2^d, chains): H0 - H per leaf
