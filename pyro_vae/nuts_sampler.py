@@ -232,14 +232,14 @@ class ExtendTree:
         self.recorded = {}
 
     def __call__(self, tree, *args):
-        depth = len(args[0]).bit_length() - 1  # 2^depth leaves
-        if depth not in self.recorded:
+        leaves = len(args[0])  # 2^depth
+        if leaves not in self.recorded:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch >= 2.9 marks torch.jit as deprecated
                 # the tracer hands the tree over as a plain tuple
-                self.recorded[depth] = torch.jit.trace(lambda tree, *args: extend_tree(Tree(*tree), *args),
-                                                       (tree, *args), check_trace=False)
-        return Tree(*self.recorded[depth](tree, *args))
+                self.recorded[leaves] = torch.jit.trace(lambda tree, *args: extend_tree(Tree(*tree), *args),
+                                                        (tree, *args), check_trace=False)
+        return Tree(*self.recorded[leaves](tree, *args))
 
 
 def nuts_transition(z, log_p, grad, step_size, inverse_mass, momentum_factor, leapfrog, extend, generator,
