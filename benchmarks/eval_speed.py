@@ -22,7 +22,7 @@ import pyro
 import torch
 
 from pyro_vae.data import load_dataset
-from pyro_vae.evaluate import log_likelihood
+from pyro_vae.estimators import log_likelihood
 from pyro_vae.registry import get_guide, get_model
 
 

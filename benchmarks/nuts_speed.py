@@ -6,7 +6,7 @@ The problem, the baselines and the table come from ``nuts_baselines.py``
 (2 -> 32 -> 64 softplus decoder with seeded random weights, 100 binary
 points, latent dim 2, one chain, 500 warm-up + 500 draws, min bulk ESS per
 second of total wall time). Rows added here, all through
-``pyro_vae.nuts.sample_latents`` on the registered ``bernoulli_mlp`` model
+``pyro_vae.mcmc.sample_latents`` on the registered ``bernoulli_mlp`` model
 holding the same weights:
 
 - ``pyro_vae``: 500 + 500 from the same default initialisation as Pyro's
@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nuts_baselines import make_row, problem, report, run_baselines  # noqa: E402
 
-from pyro_vae.guides.meanfield import fit_local_posterior  # noqa: E402
-from pyro_vae.nuts import sample_latents  # noqa: E402
+from pyro_vae.local_fit import fit_local_posterior  # noqa: E402
+from pyro_vae.mcmc import sample_latents  # noqa: E402
 from pyro_vae.registry import get_model  # noqa: E402
 
 

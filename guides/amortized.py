@@ -21,8 +21,9 @@ class AmortizedGuide(nn.Module):
         self.latent_dim = model.latent_dim
         self.encoder = mlp([model.data_dim, *hidden_dims, 2 * model.latent_dim])
 
-    def posterior(self, x, idx=None):
-        """q(z | x) as a batch of diagonal Gaussians, one per row of ``x``."""
+    def posterior(self, x, idx=None, **unused):
+        """q(z | x) as a batch of diagonal Gaussians, one per row of ``x``
+        (the encoder needs no training index, warm start or global values)."""
         loc, log_scale = self.encoder(x).chunk(2, dim=-1)
         return dist.Normal(loc, torch.exp(log_scale)).to_event(1)
 

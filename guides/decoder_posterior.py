@@ -53,8 +53,11 @@ class WithDecoderPosterior(nn.Module):
         self.name = local.name
         self.amortized = getattr(local, "amortized", True)
 
-    def posterior(self, x, idx=None):
-        return self.local.posterior(x, idx)
+    def posterior(self, x, idx=None, key=None, fixed=None):
+        """The local q(z | x); a test-time fit runs under the plug-in decoder E_q[theta]."""
+        if fixed is None:
+            fixed = {f"decoder.{name}": value for name, value in self.decoder_posterior.mean().items()}
+        return self.local.posterior(x, idx, key=key, fixed=fixed)
 
     @property
     def last_fit_steps(self):

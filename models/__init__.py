@@ -1,11 +1,16 @@
 """Generative models p(z) p(x | z). Importing this package registers them.
 
-To add a model: write ``models/my_model.py`` with a subclass of
-:class:`LatentVariableModel` decorated by ``@register_model("my_model")``,
-and import it below.
+A new model is one file here: a subclass of :class:`LatentVariableModel`
+decorated with ``@register_model("my_model")``. Every module of this folder
+is imported below, so nothing else needs editing.
 """
 
-from . import bernoulli_mlp, gaussian_mlp, linear_gaussian  # noqa: F401  (registration)
+import importlib
+import pkgutil
+
 from .base import LatentVariableModel
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["LatentVariableModel"]

@@ -37,9 +37,9 @@ def data_plate(x, idx=None, num_data=None):
     if idx is None:
         if num_data is not None and num_data != len(x):
             raise ValueError("a minibatch of a larger dataset needs its subsample indices idx")
-        idx = torch.arange(len(x), device=x.device)
-        num_data = len(x)
-    elif num_data is None:
+        # no subsample: the scale is the number 1, not a tensor a recording would keep multiplying by
+        return pyro.plate("data", len(x), device=x.device)
+    if num_data is None:
         raise ValueError("idx given without num_data, the size of the full dataset")
     return pyro.plate("data", num_data, subsample=idx)
 

@@ -1,8 +1,13 @@
-"""Shared command-line plumbing: one-line errors with exit status 2."""
+"""Shared command-line plumbing: one-line errors with exit status 2 (1 for
+running out of memory), argument types, user modules."""
 
 import argparse
 import importlib
+import re
 import sys
+from contextlib import contextmanager
+
+import torch
 
 
 class UsageError(Exception):
@@ -71,3 +76,45 @@ def exit_with(prog, error, status=2):
     message = " ".join(str(error).split()) or type(error).__name__
     print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(status)
+
+
+# What the process is doing, for the one-line report of an allocation failure.
+_ACTIVITY = []
+
+
+@contextmanager
+def doing(what):
+    """Name what the code inside is doing ("building model bernoulli_mlp ..."),
+    so that running out of memory there is reported as such."""
+    _ACTIVITY.append(what)
+    try:
+        yield
+    finally:
+        _ACTIVITY.pop()
+
+
+def _is_out_of_memory(error):
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+@contextmanager
+def report_out_of_memory(prog):
+    """An allocation failure (CPU or CUDA) inside ends the process with one
+    line naming what was being built and the size asked for, exit status 1."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        if not _is_out_of_memory(error):
+            raise
+        asked = re.search(r"allocate (?:memory: you tried to allocate )?(\d+(?:\.\d+)? ?[KMGT]?i?B|\d+ bytes)",
+                          str(error))
+        size = asked.group(1) if asked else ""
+        if size.endswith(" bytes"):
+            size = f"{int(size.split()[0]) / 2**30:.1f} GiB"
+        size = f" ({size} asked for)" if size else ""
+        where = _ACTIVITY[-1] if _ACTIVITY else "running"
+        exit_with(prog, f"out of memory while {where}{size}; reduce the sizes (--latent-dim, --hidden-dims, "
+                        f"--batch-size, --iwae-samples, ...) or use a larger device", status=1)

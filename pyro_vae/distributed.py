@@ -40,6 +40,7 @@ class Cluster:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    device_name: str = "auto"  # this rank's device
 
     @property
     def active(self):
@@ -116,10 +117,10 @@ def all_reduce_sparse(grad):
 
 
 def start(device_name="auto"):
-    """Join the torchrun process group if there is one; returns (Cluster, device name)."""
+    """Join the torchrun process group if there is one; returns this process's :class:`Cluster`."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        return Cluster(), device_name
+        return Cluster(device_name=device_name)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if use_cuda:
@@ -129,7 +130,7 @@ def start(device_name="auto"):
         device_name = "cpu"
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Cluster(rank, world_size, local_rank), device_name
+    return Cluster(rank, world_size, local_rank, device_name)
 
 
 def stop(cluster):

@@ -42,12 +42,35 @@ MAX_ENERGY_ERROR = 1000.0  # a leapfrog step whose energy grows by more than thi
 TARGET_ACCEPT = 0.8
 
 
-# --------------------------------------------------------------------------- Hamiltonian dynamics
+# --------------------------------------------------------------------------- the metric
 #
 # A chain's position z is an (N, L) array, its momentum r ~ N(0, M), with the
 # inverse mass matrix C = M^{-1} block diagonal: C_i (L, L) for point i.
 # H(z, r) = -log p(z) + sum_i r_i^T C_i r_i / 2; velocity dz_i/dt = C_i r_i.
 # Tensors carry a leading chain axis: z (chains, N, L), C (chains, N, L, L).
+
+
+class Metric(NamedTuple):
+    """The Euclidean metric of every chain: C = M^{-1}, one dense L x L block
+    per point, and A^{-T} for C = A A^T, which turns standard normal noise
+    into momenta r ~ N(0, M)."""
+
+    inverse_mass: torch.Tensor  # (chains, N, L, L)
+    momentum_factor: torch.Tensor  # (chains, N, L, L)
+
+
+def dense_block_metric(inverse_mass):
+    """The :class:`Metric` with inverse mass matrix blocks ``inverse_mass``."""
+    factor = torch.linalg.cholesky(inverse_mass)
+    eye = torch.eye(inverse_mass.shape[-1], device=inverse_mass.device, dtype=inverse_mass.dtype)
+    return Metric(inverse_mass, torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False).mT)
+
+
+def identity_metric(z):
+    """M = I for chains shaped like ``z`` (chains, N, L)."""
+    chains, n_points, dim = z.shape
+    eye = torch.eye(dim, device=z.device, dtype=z.dtype).expand(chains, n_points, dim, dim).contiguous()
+    return Metric(eye, eye)
 
 
 def velocity(r, inverse_mass):
@@ -63,12 +86,14 @@ def kinetic_energy(r, inverse_mass):
     return 0.5 * dot(r, velocity(r, inverse_mass))
 
 
-def sample_momentum(momentum_factor, generator):
-    """r ~ N(0, M): with C = A A^T (Cholesky), r = A^{-T} e has covariance
-    A^{-T} A^{-1} = C^{-1} = M; ``momentum_factor`` is A^{-T}."""
-    noise = torch.randn(momentum_factor.shape[:-1], generator=generator, device=momentum_factor.device,
-                        dtype=momentum_factor.dtype)
-    return velocity(noise, momentum_factor)
+def sample_momentum(metric, generator):
+    """r ~ N(0, M): r = A^{-T} e has covariance A^{-T} A^{-1} = C^{-1} = M."""
+    factor = metric.momentum_factor
+    noise = torch.randn(factor.shape[:-1], generator=generator, device=factor.device, dtype=factor.dtype)
+    return velocity(noise, factor)
+
+
+# --------------------------------------------------------------------------- Hamiltonian dynamics
 
 
 def per_chain(value, like):
@@ -179,9 +204,23 @@ class Tree(NamedTuple):
     diverging: torch.Tensor
 
 
-def extend_tree(tree, zs, rs, grads, log_ps, kinetic, forward, energy0, inverse_mass, uniform_leaves, uniform):
-    """Merge a new subtree, leaves (zs, rs, grads, log p, kinetic energy) of
-    shape (2^d, chains, ...) made in direction ``forward``, into ``tree``.
+class Subtree(NamedTuple):
+    """The 2^d leaves of a new subtree, in the order they were made, each
+    (2^d, chains, ...), made in direction ``forward`` (chains,), with the
+    uniform draws that pick among them."""
+
+    z: torch.Tensor
+    r: torch.Tensor
+    grad: torch.Tensor
+    log_p: torch.Tensor
+    kinetic: torch.Tensor
+    forward: torch.Tensor
+    uniform_leaves: torch.Tensor  # (2^d, chains): picks a leaf inside the subtree
+    uniform: torch.Tensor  # (chains,): moves the draw into the subtree or not
+
+
+def extend_tree(tree, sub, energy0, inverse_mass):
+    """Merge the new subtree ``sub`` into ``tree``.
 
     The subtree is rejected, and the tree stops growing, if a step diverged
     or one of its balanced sub-subtrees turns. Otherwise a draw is picked
@@ -199,25 +238,25 @@ def extend_tree(tree, zs, rs, grads, log_ps, kinetic, forward, energy0, inverse_
     side of warning.
     """
     active = tree.active
-    log_w = torch.nan_to_num(energy0 + log_ps - kinetic, nan=-math.inf)  # (2^d, chains): H0 - H per leaf
+    log_w = torch.nan_to_num(energy0 + sub.log_p - sub.kinetic, nan=-math.inf)  # (2^d, chains): H0 - H per leaf
     diverged = (log_w < -MAX_ENERGY_ERROR).any(0)
     accept_sum = tree.accept_sum + active * log_w.exp().clamp(max=1).sum(0)
-    n_steps = tree.n_steps + active * len(zs)
+    n_steps = tree.n_steps + active * len(sub.z)
     diverging = tree.diverging | (active & diverged)
 
-    pick = (log_w - torch.log(-torch.log(uniform_leaves))).argmax(0)
+    pick = (log_w - torch.log(-torch.log(sub.uniform_leaves))).argmax(0)
     index = torch.arange(len(pick), device=pick.device)
     sub_log_weight = torch.logsumexp(log_w, 0)
-    ok = active & ~diverged & ~subtree_turning(rs, inverse_mass)
+    ok = active & ~diverged & ~subtree_turning(sub.r, inverse_mass)
     depth = tree.depth + ok  # as Stan counts: doublings that were kept
-    move = ok & (uniform.log() < sub_log_weight - tree.log_weight)
-    z, log_p, grad = select(move, (zs[pick, index], log_ps[pick, index], grads[pick, index]),
+    move = ok & (sub.uniform.log() < sub_log_weight - tree.log_weight)
+    z, log_p, grad = select(move, (sub.z[pick, index], sub.log_p[pick, index], sub.grad[pick, index]),
                             (tree.z, tree.log_p, tree.grad))
     log_weight = torch.where(ok, torch.logaddexp(tree.log_weight, sub_log_weight), tree.log_weight)
-    end = (zs[-1], rs[-1], grads[-1])
-    right = select(ok & forward, end, (tree.right_z, tree.right_r, tree.right_grad))
-    left = select(ok & ~forward, end, (tree.left_z, tree.left_r, tree.left_grad))
-    r_sum = torch.where(per_chain(ok, rs[0]), tree.r_sum + rs.sum(0), tree.r_sum)
+    end = (sub.z[-1], sub.r[-1], sub.grad[-1])
+    right = select(ok & sub.forward, end, (tree.right_z, tree.right_r, tree.right_grad))
+    left = select(ok & ~sub.forward, end, (tree.left_z, tree.left_r, tree.left_grad))
+    r_sum = torch.where(per_chain(ok, sub.r[0]), tree.r_sum + sub.r.sum(0), tree.r_sum)
     active = ok & ~is_turning(left[1], right[1], r_sum, inverse_mass)
     return Tree(*left, *right, z, log_p, grad, log_weight, r_sum, active, depth, n_steps, accept_sum, diverging)
 
@@ -231,67 +270,120 @@ class ExtendTree:
     def __init__(self):
         self.recorded = {}
 
-    def __call__(self, tree, *args):
-        leaves = len(args[0])  # 2^depth
+    def __call__(self, tree, sub, energy0, inverse_mass):
+        leaves = len(sub.z)  # 2^depth
         if leaves not in self.recorded:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch >= 2.9 marks torch.jit as deprecated
-                # the tracer hands the tree over as a plain tuple
-                self.recorded[leaves] = torch.jit.trace(lambda tree, *args: extend_tree(Tree(*tree), *args),
-                                                        (tree, *args), check_trace=False)
-        return Tree(*self.recorded[leaves](tree, *args))
+                # the tracer hands named tuples over as plain tuples
+                self.recorded[leaves] = torch.jit.trace(
+                    lambda tree, sub, energy0, inverse_mass: extend_tree(Tree(*tree), Subtree(*sub), energy0,
+                                                                         inverse_mass),
+                    (tree, sub, energy0, inverse_mass), check_trace=False)
+        return Tree(*self.recorded[leaves](tree, sub, energy0, inverse_mass))
 
 
-def nuts_transition(z, log_p, grad, step_size, inverse_mass, momentum_factor, leapfrog, extend, generator,
-                    max_tree_depth):
+# --------------------------------------------------------------------------- the kernel: init and step
+
+
+class NUTSState(NamedTuple):
+    """Where every chain is: position (chains, N, L), log density (chains,) and its gradient."""
+
+    z: torch.Tensor
+    log_p: torch.Tensor
+    grad: torch.Tensor
+
+
+class NUTSInfo(NamedTuple):
+    """What one transition did, per chain."""
+
+    acceptance_rate: torch.Tensor  # mean of min(1, exp(H0 - H)) over the tree's steps
+    tree_depth: torch.Tensor  # doublings kept
+    n_steps: torch.Tensor  # leapfrog steps
+    diverging: torch.Tensor
+    energy: torch.Tensor  # H at the start of the transition
+
+
+class Kernel(NamedTuple):
+    """What a transition needs besides the state: the recorded leapfrog step
+    and tree bookkeeping, the random stream and the depth cap."""
+
+    leapfrog: object
+    extend: ExtendTree
+    generator: torch.Generator
+    max_tree_depth: int
+
+
+def init(z, log_density):
+    """The :class:`NUTSState` of chains at ``z`` (chains, N, L)."""
+    z = z.detach()
+    log_p, grad = log_density(z)
+    if not torch.isfinite(log_p).all():
+        raise ValueError("the log density is not finite where the chains start")
+    return NUTSState(z, log_p, grad)
+
+
+def build_kernel(log_density, state, seed=0, max_tree_depth=10):
+    """A :class:`Kernel` for ``log_density``: the leapfrog step recorded at
+    ``state``'s shapes, and one ``torch.Generator`` seeded by ``seed``, from
+    which every random number of the run is drawn."""
+    generator = torch.Generator(device=state.z.device)
+    generator.manual_seed(seed)
+    return Kernel(compile_leapfrog(log_density, state.z), ExtendTree(), generator, max_tree_depth)
+
+
+def build_subtree(kernel, tree, forward, step, depth, metric):
+    """2^depth leapfrog steps of signed size ``step`` on from the tree's end
+    in each chain's direction ``forward``, with the uniforms that pick among them."""
+    chains = len(step)
+    options = {"device": step.device, "dtype": step.dtype}
+    leaf = select(forward, (tree.right_z, tree.right_r, tree.right_grad), (tree.left_z, tree.left_r, tree.left_grad))
+    leaves = []
+    for _ in range(2**depth):
+        leaf = kernel.leapfrog(*leaf[:3], step, metric.inverse_mass)
+        leaves.append(leaf)
+    z, r, grad, log_p, kinetic = (torch.stack(t) for t in zip(*leaves))
+    uniform_leaves = torch.rand(2**depth, chains, generator=kernel.generator, **options)
+    uniform = torch.rand(chains, generator=kernel.generator, **options)
+    return Subtree(z, r, grad, log_p, kinetic, forward, uniform_leaves, uniform)
+
+
+def step(kernel, state, step_size, metric):
     """One multinomial NUTS transition of every chain: the tree doubles, in a
-    random direction each time, until it stops or reaches ``max_tree_depth``.
-
-    Returns the new (z, log p, grad) and per-chain statistics: the mean
-    acceptance statistic min(1, exp(H0 - H)) over the tree's leapfrog steps
-    (what step-size adaptation targets), the tree depth, the number of
-    leapfrog steps, whether a step diverged, and the energy H0.
-    """
+    random direction each time, until it stops or reaches the depth cap.
+    Returns the new :class:`NUTSState` and the :class:`NUTSInfo`."""
+    z, log_p, grad = state
     chains = z.shape[0]
     options = {"device": z.device, "dtype": z.dtype}
-    r = sample_momentum(momentum_factor, generator)
-    energy0 = -log_p + kinetic_energy(r, inverse_mass)
+    r = sample_momentum(metric, kernel.generator)
+    energy0 = -log_p + kinetic_energy(r, metric.inverse_mass)
     zeros = torch.zeros(chains, **options)
     tree = Tree(z, r, grad, z, r, grad, z, log_p, grad, log_weight=zeros, r_sum=r,
                 active=torch.ones(chains, dtype=torch.bool, device=z.device),
                 depth=torch.zeros(chains, dtype=torch.long, device=z.device), n_steps=zeros, accept_sum=zeros,
                 diverging=torch.zeros(chains, dtype=torch.bool, device=z.device))
-    for d in range(max_tree_depth):
+    for depth in range(kernel.max_tree_depth):
         if not tree.active.any():
             break
-        forward = torch.rand(chains, generator=generator, **options) < 0.5
-        step = step_size * (forward.to(z.dtype) * 2 - 1) * tree.active  # a stopped chain stands still
-        # the new subtree: 2^d leapfrog steps on from the tree's end in this direction
-        leaf = select(forward, (tree.right_z, tree.right_r, tree.right_grad), (tree.left_z, tree.left_r, tree.left_grad))
-        leaves = []
-        for _ in range(2**d):
-            leaf = leapfrog(*leaf[:3], step, inverse_mass)
-            leaves.append(leaf)
-        uniform_leaves = torch.rand(2**d, chains, generator=generator, **options)
-        uniform = torch.rand(chains, generator=generator, **options)
-        tree = extend(tree, *(torch.stack(t) for t in zip(*leaves)), forward, energy0, inverse_mass, uniform_leaves,
-                      uniform)
-    stats = {"acceptance_rate": tree.accept_sum / tree.n_steps, "tree_depth": tree.depth, "n_steps": tree.n_steps,
-             "diverging": tree.diverging, "energy": energy0}
-    return (tree.z, tree.log_p, tree.grad), stats
+        forward = torch.rand(chains, generator=kernel.generator, **options) < 0.5
+        signed = step_size * (forward.to(z.dtype) * 2 - 1) * tree.active  # a stopped chain stands still
+        subtree = build_subtree(kernel, tree, forward, signed, depth, metric)
+        tree = kernel.extend(tree, subtree, energy0, metric.inverse_mass)
+    info = NUTSInfo(tree.accept_sum / tree.n_steps, tree.depth, tree.n_steps, tree.diverging, energy0)
+    return NUTSState(tree.z, tree.log_p, tree.grad), info
 
 
 # --------------------------------------------------------------------------- warm-up
 
 
-def initial_step_size(z, log_p, grad, step_size, inverse_mass, momentum_factor, leapfrog, generator, max_doublings=50):
+def initial_step_size(kernel, state, step_size, metric, max_doublings=50):
     """Stan's heuristic, per chain: double (or halve) the step size while one
-    leapfrog step from z keeps (or fails to keep) exp(H0 - H) above 0.8."""
+    leapfrog step from the state keeps (or fails to keep) exp(H0 - H) above 0.8."""
 
     def log_accept(step):
-        r = sample_momentum(momentum_factor, generator)
-        _, _, _, log_p_new, kinetic_new = leapfrog(z, r, grad, step, inverse_mass)
-        delta = (log_p_new - kinetic_new) - (log_p - kinetic_energy(r, inverse_mass))
+        r = sample_momentum(metric, kernel.generator)
+        _, _, _, log_p_new, kinetic_new = kernel.leapfrog(state.z, r, state.grad, step, metric.inverse_mass)
+        delta = (log_p_new - kinetic_new) - (state.log_p - kinetic_energy(r, metric.inverse_mass))
         return torch.nan_to_num(delta, nan=-math.inf)
 
     threshold = math.log(0.8)
@@ -375,66 +467,59 @@ class WindowCovariance:
         return n / (n + 5.0) * covariance + 1e-3 * 5.0 / (n + 5.0) * eye
 
 
-def momentum_factor_of(inverse_mass):
-    """A^{-T} for C = A A^T: what turns standard normal noise into r ~ N(0, C^{-1})."""
-    factor = torch.linalg.cholesky(inverse_mass)
-    eye = torch.eye(inverse_mass.shape[-1], device=inverse_mass.device, dtype=inverse_mass.dtype)
-    return torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False).mT
+# --------------------------------------------------------------------------- warm-up and sampling
 
 
-# --------------------------------------------------------------------------- the sampler
+def window_adaptation(kernel, state, num_steps, progress=None):
+    """Stan's warm-up over ``num_steps`` transitions: dual averaging of the
+    step size throughout, the metric re-estimated at the end of each
+    adaptation window (and a step size found afresh for it). Returns the
+    state, the final (averaged) step size and the metric."""
+    metric = identity_metric(state.z)
+    step_size = initial_step_size(kernel, state, torch.ones_like(state.log_p), metric)
+    adapter = DualAveraging(step_size)
+    windows = adaptation_windows(num_steps)
+    covariance = None
+    for iteration in range(num_steps):
+        state, info = step(kernel, state, step_size, metric)
+        if progress is not None:
+            progress.update()
+        step_size = adapter.update(info.acceptance_rate)
+        window = next(((start, end) for start, end in windows if start <= iteration < end), None)
+        if window is None:
+            continue
+        covariance = covariance or WindowCovariance(state.z)
+        covariance.update(state.z)
+        if iteration + 1 == window[1]:  # the window ends: a new metric, and a step size found for it
+            metric = dense_block_metric(covariance.estimate())
+            covariance = None
+            step_size = initial_step_size(kernel, state, step_size, metric)
+            adapter = DualAveraging(step_size)
+    return state, (adapter.final() if num_steps else step_size), metric
 
 
-def sample(log_density, init, warmup=500, samples=500, seed=0, max_tree_depth=10, progress=False):
-    """NUTS draws from p(z), one chain per leading row of ``init``.
+def sample(log_density, init_z, warmup=500, samples=500, seed=0, max_tree_depth=10, progress=False):
+    """NUTS draws from p(z), one chain per leading row of ``init_z``.
 
     ``log_density(z)`` takes z of shape (chains, N, L) and returns (log p(z)
     per chain, shape (chains,), and its gradient in z, same shape as z).
-    ``init`` (chains, N, L) is where the chains start.
+    ``init_z`` (chains, N, L) is where the chains start.
 
     Returns (draws of shape (chains, samples, N, L), statistics of the kept
     iterations, each of shape (chains, samples): ``acceptance_rate``,
     ``tree_depth``, ``n_steps``, ``diverging``, ``energy``, ``step_size``).
     """
-    generator = torch.Generator(device=init.device)
-    generator.manual_seed(seed)
-    chains, n_points, dim = init.shape
-    options = {"device": init.device, "dtype": init.dtype}
-    z = init.detach()
-    log_p, grad = log_density(z)
-    if not torch.isfinite(log_p).all():
-        raise ValueError("the log density is not finite where the chains start")
-    leapfrog, extend = compile_leapfrog(log_density, z), ExtendTree()
-    inverse_mass = torch.eye(dim, **options).expand(chains, n_points, dim, dim).contiguous()
-    momentum_factor = inverse_mass
-    step_size = initial_step_size(z, log_p, grad, torch.ones(chains, **options), inverse_mass, momentum_factor,
-                                  leapfrog, generator)
-    adapter = DualAveraging(step_size)
-    windows = adaptation_windows(warmup)
-    covariance = None
-    draws, stats = [], []
-    for iteration in tqdm(range(warmup + samples), disable=not progress, desc="NUTS", unit="it"):
-        (z, log_p, grad), info = nuts_transition(z, log_p, grad, step_size, inverse_mass, momentum_factor,
-                                                 leapfrog, extend, generator, max_tree_depth)
-        if iteration >= warmup:
-            draws.append(z)
-            stats.append({**info, "step_size": step_size})
-            continue
-        step_size = adapter.update(info["acceptance_rate"])
-        window = next(((start, end) for start, end in windows if start <= iteration < end), None)
-        if window is not None:
-            covariance = covariance or WindowCovariance(z)
-            covariance.update(z)
-            if iteration + 1 == window[1]:  # the window ends: a new metric, and a step size found for it
-                inverse_mass = covariance.estimate()
-                momentum_factor = momentum_factor_of(inverse_mass)
-                covariance = None
-                step_size = initial_step_size(z, log_p, grad, step_size, inverse_mass, momentum_factor,
-                                              leapfrog, generator)
-                adapter = DualAveraging(step_size)
-        if iteration + 1 == warmup:
-            step_size = adapter.final()
+    state = init(init_z, log_density)
+    kernel = build_kernel(log_density, state, seed, max_tree_depth)
+    with tqdm(total=warmup + samples, disable=not progress, desc="NUTS", unit="it") as bar:
+        state, step_size, metric = window_adaptation(kernel, state, warmup, bar)
+        draws, infos = [], []
+        for _ in range(samples):
+            state, info = step(kernel, state, step_size, metric)
+            bar.update()
+            draws.append(state.z)
+            infos.append({**info._asdict(), "step_size": step_size})
     if not draws:
-        return init.new_zeros(chains, 0, n_points, dim), {}
-    stats = {name: torch.stack([s[name] for s in stats], 1) for name in stats[0]}
+        return init_z.new_zeros(init_z.shape[0], 0, *init_z.shape[1:]), {}
+    stats = {name: torch.stack([i[name] for i in infos], 1) for name in infos[0]}
     return torch.stack(draws, 1), stats

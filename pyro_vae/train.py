@@ -11,6 +11,7 @@ import math
 import time
 
 import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.distributions import is_validation_enabled
@@ -116,13 +117,15 @@ def proposal_guide(proposal):
     return guide
 
 
-def elbo_per_example(model, proposal, x, elbo="trace", batch_size=1000):
+def elbo_per_example(model, proposal, x, elbo="trace", batch_size=1000, fixed=None):
     """The ELBO of q(z | x) = ``proposal(x)`` for ``model`` on the rows of
-    ``x``, in nats per example: each batch is scored as a dataset of its own
-    (plate scale 1), the negated losses are summed and divided by
-    ``len(x)``. One sample of z per example, as in training."""
+    ``x``, in nats per example, by the training objective itself: each batch
+    is scored as a dataset of its own (plate scale 1), the negated losses are
+    summed and divided by ``len(x)``. One sample of z per example, as in
+    training; ``fixed`` conditions global sites (a Bayesian decoder's plug-in weights)."""
     loss_fn = ELBOS[elbo]()
     guide = proposal_guide(proposal)
+    model = poutine.condition(model, data=fixed) if fixed else model
     total = 0.0
     for chunk in x.split(batch_size):
         with torch.no_grad():

@@ -11,7 +11,7 @@ from pyro_vae.registry import register_guide
 
 @register_guide("delta")
 class DeltaGuide(AmortizedGuide):
-    def posterior(self, x, idx=None):
+    def posterior(self, x, idx=None, **unused):
         loc, _ = self.encoder(x).chunk(2, dim=-1)
         return dist.Delta(loc).to_event(1)
 

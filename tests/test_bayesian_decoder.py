@@ -1,5 +1,6 @@
 """--bayesian-decoder: N(0, I) priors on decoder weights and a mean-field q(theta) ("full VB")."""
 
+import copy
 import json
 
 import pyro.poutine as poutine
@@ -7,7 +8,10 @@ import pytest
 import torch
 
 from pyro_vae.evaluate import main as evaluate_main
-from pyro_vae.fit import FitConfig, build, fit, load_run
+from pyro_vae.assembly import build
+from pyro_vae.config import EvaluationSettings
+from pyro_vae.density import log_joint, plug_in_values
+from pyro_vae.fit import FitConfig, fit, load_run
 from pyro_vae.data import load_dataset
 
 QUIET = {"progress": False, "log": lambda *a: None}
@@ -32,9 +36,9 @@ def test_weight_sites_sit_outside_the_data_plate():
 
 
 def test_full_vb_elbo_is_below_point_estimate_elbo_and_finite(tmp_path):
-    point = fit(FitConfig(epochs=3, hidden_dims=(32,), out=str(tmp_path / "point"), eval_iwae_samples=20), **QUIET)
+    point = fit(FitConfig(epochs=3, hidden_dims=(32,), out=str(tmp_path / "point"), evaluation=EvaluationSettings(20)), **QUIET)
     full = fit(FitConfig(epochs=3, hidden_dims=(32,), bayesian_decoder=True, out=str(tmp_path / "full"),
-                         eval_iwae_samples=20), **QUIET)
+                         evaluation=EvaluationSettings(20)), **QUIET)
     for m in full.metrics:
         assert torch.isfinite(torch.tensor([m["train_elbo"], m["test_elbo"]])).all()
     # the full-VB bound pays KL(q(theta) || p(theta)) / N per example on top
@@ -45,12 +49,22 @@ def test_full_vb_elbo_is_below_point_estimate_elbo_and_finite(tmp_path):
 
 def test_bayesian_decoder_with_meanfield_and_evaluate(tmp_path, capsys):
     result = fit(FitConfig(guide="meanfield", epochs=2, hidden_dims=(16,), bayesian_decoder=True,
-                           out=str(tmp_path / "run"), eval_iwae_samples=10, eval_max_examples=30), **QUIET)
+                           out=str(tmp_path / "run"), evaluation=EvaluationSettings(10, 30)), **QUIET)
     assert result.metrics[-1]["test_elbo"] is not None
-    model, guide, _, config, _ = load_run(tmp_path / "run")
-    assert config.bayesian_decoder and model.decoder_values is not None
-    for name, value in guide.decoder_posterior.mean().items():
-        assert torch.equal(model.decoder_values[name], value)
+    model, guide, data, config, _ = load_run(tmp_path / "run")
+    assert config.bayesian_decoder and model.bayesian_decoder
+    # evaluation conditions the program's weight sites on E_q[theta]: the same
+    # density as a point-estimate decoder holding those weights
+    fixed = plug_in_values(model, guide)
+    assert sorted(fixed) == ["decoder.0.bias", "decoder.0.weight", "decoder.2.bias", "decoder.2.weight"]
+    point = copy.deepcopy(model)
+    point.bayesian_decoder = False
+    with torch.no_grad():
+        for name, value in guide.decoder_posterior.mean().items():
+            point.decoder.get_parameter(name).copy_(value)
+    x, z = data.test_x[:5], torch.randn(3, 5, model.latent_dim)
+    assert torch.allclose(log_joint(model, x, z, fixed), log_joint(point, x, z))
+    assert not torch.allclose(log_joint(model, x, z, fixed), log_joint(model, x, z, {k: v + 0.1 for k, v in fixed.items()}))
     evaluate_main([str(tmp_path / "run"), "--iwae-samples", "10", "--max-examples", "20", "--no-progress"])
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["num_examples"] == 20
 

@@ -10,7 +10,8 @@ import pyro
 import torch
 
 from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.fit import FitConfig, build, load_data
+from pyro_vae.assembly import build, load_data
+from pyro_vae.config import FitConfig
 
 TESTS = Path(__file__).resolve().parent
 COMMON = ["--dataset", "digits", "--num-train", "256", "--num-test", "64", "--hidden-dims", "16", "--latent-dim", "2",

@@ -6,8 +6,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-import pyro_vae.evaluate as evaluate_module
-from pyro_vae.evaluate import active_units, elbo_terms, evaluate, log_likelihood, main
+import pyro_vae.estimators as estimators_module
+from pyro_vae.estimators import active_units, elbo_terms, evaluate, log_likelihood
+from pyro_vae.evaluate import main
+from pyro_vae.config import EvaluationSettings
 from pyro_vae.fit import FitConfig, fit
 from pyro_vae.models.linear_gaussian import LinearGaussian
 
@@ -17,7 +19,7 @@ def trained(tmp_path_factory):
     """linear_gaussian fitted by SVI with the amortized guide (about 5 s)."""
     out = tmp_path_factory.mktemp("lg") / "run"
     config = FitConfig(dataset="linear_gaussian", latent_dim=2, hidden_dims=(64,), epochs=200, lr=1e-2,
-                       batch_size=100, out=str(out), eval_iwae_samples=100)
+                       batch_size=100, out=str(out), evaluation=EvaluationSettings(100))
     return fit(config, progress=False, log=lambda *a: None)
 
 
@@ -54,7 +56,7 @@ def test_chunking_does_not_change_the_estimate(trained, monkeypatch):
     model, x = trained.model, trained.data.test_x[:50]
     proposal = lambda xb: diagonal(model.exact_posterior(xb), scale=1.5)  # noqa: E731
     whole = log_likelihood(model, proposal, x, num_samples=400)
-    monkeypatch.setattr(evaluate_module, "CHUNK_ELEMENTS", 50 * 10 * 7)  # 7 particles a chunk
+    monkeypatch.setattr(estimators_module, "CHUNK_ELEMENTS", 50 * 10 * 7)  # 7 particles a chunk
     chunked = log_likelihood(model, proposal, x, num_samples=400)
     assert abs(whole.mean() - chunked.mean()) < 0.02
     assert (whole - chunked).abs().max() < 0.3

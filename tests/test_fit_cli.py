@@ -1,3 +1,4 @@
+import math
 import json
 import subprocess
 import sys
@@ -91,7 +92,7 @@ def test_gaussian_model_with_continuous_data(tmp_path):
     main(["--dataset", "digits", "--model", "gaussian_mlp", "--binarize", "none", "--epochs", "2",
           "--hidden-dims", "16", "--out", str(tmp_path / "run"), "--no-progress"])
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["test_elbo"] == summary["test_elbo"]  # finite, not NaN
+    assert math.isfinite(summary["test_elbo"]) and summary["test_elbo"] < 0
 
 
 def test_help_explains_every_flag(capsys):

@@ -7,10 +7,11 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
-from pyro_vae.evaluate import log_joint_terms
+from pyro_vae.density import log_joint_terms
 from pyro_vae.evaluate import main as evaluate_main
+from pyro_vae.config import EvaluationSettings
 from pyro_vae.fit import FitConfig, fit
-from pyro_vae.guides.meanfield import fit_local_posterior
+from pyro_vae.local_fit import fit_local_posterior
 from pyro_vae.registry import get_guide, get_model
 from pyro_vae.train import make_svi
 
@@ -19,7 +20,7 @@ from pyro_vae.train import make_svi
 def linear_gaussian_fit(tmp_path_factory):
     out = tmp_path_factory.mktemp("lgmf") / "run"
     config = FitConfig(dataset="linear_gaussian", latent_dim=2, hidden_dims=(64,), epochs=150, lr=1e-2,
-                       batch_size=100, out=str(out), eval_iwae_samples=50)
+                       batch_size=100, out=str(out), evaluation=EvaluationSettings(50))
     return fit(config, progress=False, log=lambda *a: None)
 
 
@@ -101,8 +102,7 @@ def test_meanfield_guide_refuses_new_data_in_forward():
 
 def test_fit_and_evaluate_meanfield_run(tmp_path, capsys):
     out = tmp_path / "run"
-    result = fit(FitConfig(guide="meanfield", epochs=3, hidden_dims=(32,), out=str(out), eval_iwae_samples=20,
-                           eval_max_examples=50), progress=False, log=lambda *a: None)
+    result = fit(FitConfig(guide="meanfield", epochs=3, hidden_dims=(32,), out=str(out), evaluation=EvaluationSettings(20, 50)), progress=False, log=lambda *a: None)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["test_elbo"] is not None and metrics[0]["test_elbo"] is None
     assert result.guide.last_fit_steps >= 100

@@ -61,7 +61,7 @@ def test_gaussian_likelihood_has_bounded_scale():
 
 
 def test_log_joint_terms_match_trace():
-    from pyro_vae.evaluate import log_joint_terms
+    from pyro_vae.density import log_joint_terms
 
     model = get_model("bernoulli_mlp")(data_dim=12, latent_dim=3)
     x = torch.rand(5, 12).round()

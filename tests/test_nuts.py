@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from pyro_vae.evaluate import main as evaluate_main
+from pyro_vae.config import EvaluationSettings, MCMCSettings
 from pyro_vae.fit import FitConfig, fit, load_run, main
 from pyro_vae.models.linear_gaussian import LinearGaussian
-from pyro_vae.nuts import diagnose, inference_data, sample_latents
+from pyro_vae.mcmc import diagnose, inference_data, sample_latents
 
 QUIET = {"progress": False, "log": lambda *a: None}
 
@@ -18,15 +19,15 @@ QUIET = {"progress": False, "log": lambda *a: None}
 def decoder_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("lgnuts") / "decoder"
     config = FitConfig(dataset="linear_gaussian", latent_dim=2, hidden_dims=(32,), epochs=60, lr=1e-2, batch_size=100,
-                       out=str(out), eval_iwae_samples=20)
+                       out=str(out), evaluation=EvaluationSettings(20))
     return fit(config, **QUIET)
 
 
 @pytest.fixture(scope="module")
 def nuts_run(decoder_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("lgnuts") / "nuts"
-    config = FitConfig(guide="nuts", decoder_from=str(decoder_run.out), subset=20, chains=4, warmup=300, samples=800,
-                       out=str(out))
+    config = FitConfig(inference="nuts", out=str(out),
+                       mcmc=MCMCSettings(decoder_from=str(decoder_run.out), subset=20, chains=4, warmup=300, samples=800))
     return fit(config, **QUIET)
 
 
@@ -74,13 +75,14 @@ def test_evaluate_on_nuts_run_uses_moment_matched_draws(decoder_run, nuts_run, c
     # nearly exact: the importance-weighted estimate equals the exact value
     assert abs(results["log_likelihood"] - results["exact_log_likelihood"]) < 0.02
     model, posterior, data, config, _ = load_run(nuts_run.out)
-    assert config.guide == "nuts" and config.dataset == "linear_gaussian"
+    assert config.inference == "nuts" and config.dataset == "linear_gaussian"
 
 
 def test_mcem_learns_maximum_likelihood_decoder(tmp_path):
     out = tmp_path / "mcem"
-    config = FitConfig(guide="nuts", nuts_mode="mcem", dataset="linear_gaussian", latent_dim=2, subset=100,
-                       em_iterations=25, m_steps=20, lr=0.02, warmup=50, samples=20, chains=1, out=str(out))
+    config = FitConfig(inference="nuts", dataset="linear_gaussian", latent_dim=2, lr=0.02, out=str(out),
+                       mcmc=MCMCSettings(mode="mcem", subset=100, em_iterations=25, m_steps=20, warmup=50, samples=20,
+                                         chains=1))
     result = fit(config, **QUIET)
     x = result.data.train_x[:100]
     w, b, sigma = LinearGaussian.maximum_likelihood(x, 2)
@@ -113,7 +115,7 @@ def test_nuts_usage_errors(tmp_path, capsys, decoder_run):
                           (["--decoder-from", str(decoder_run.out), "--subset", "100000"], "larger than"),
                           (["--decoder-from", str(tmp_path)], "checkpoint.pt: no checkpoint")]:
         with pytest.raises(SystemExit) as info:
-            main(["--guide", "nuts", *args, "--out", str(tmp_path / "o")])
+            main(["--inference", "nuts", *args, "--out", str(tmp_path / "o")])
         err = capsys.readouterr().err
         assert info.value.code == 2 and message in err and len(err.splitlines()) == 1, err
 

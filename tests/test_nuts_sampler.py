@@ -8,8 +8,8 @@ import torch
 
 from pyro_vae import nuts_sampler
 from pyro_vae.building_blocks import frozen
-from pyro_vae.evaluate import log_joint_terms
-from pyro_vae.nuts import latent_log_density
+from pyro_vae.density import log_joint_terms
+from pyro_vae.density import log_density_for_sampler
 from pyro_vae.registry import get_model, model_names
 
 
@@ -143,7 +143,7 @@ def test_nuts_target_is_the_model_program(name):
     x = torch.rand(4, 6).round() if name == "bernoulli_mlp" else torch.randn(4, 6)
     z = torch.randn(2, 4, 3)
     with frozen(model):
-        value, grad = latent_log_density(model, x, chains=2)(z)
+        value, grad = log_density_for_sampler(model, x, chains=2)(z)
         log_lik, log_prior = log_joint_terms(model, x, z)
         assert torch.allclose(value, (log_lik + log_prior).sum(-1), atol=1e-4)
         z_ = z.clone().requires_grad_(True)

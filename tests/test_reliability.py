@@ -6,24 +6,29 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
+import pyro
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyro_vae import compare, evaluate, fit as fit_module
+from pyro_vae.assembly import build
+from pyro_vae.data import load_dataset
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.cli import UsageError
+from pyro_vae.config import EvaluationSettings
 from pyro_vae.fit import FitConfig, fit, main, resume
-from pyro_vae.train import Interrupted, NonFiniteLoss
+from pyro_vae.train import Interrupted, NonFiniteLoss, make_svi, train_epoch
 
 QUIET = {"progress": False, "log": lambda *a: None}
 
 
 def small(out, guide="amortized", epochs=4):
     return FitConfig(guide=guide, epochs=epochs, hidden_dims=(32,), batch_size=64, out=str(out),
-                     eval_iwae_samples=10, eval_max_examples=50)
+                     evaluation=EvaluationSettings(10, 50))
 
 
 def same_state(dir_a, dir_b):
@@ -102,10 +107,28 @@ def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, capsys):
     assert "non-finite loss (nan) at epoch 3" in err and "--lr" in err and "Traceback" not in err
 
 
-def test_clip_norm_bounds_the_gradient(tmp_path):
-    result = fit(FitConfig(epochs=1, hidden_dims=(16,), clip_norm=1e-3, out=str(tmp_path / "run")), **QUIET)
-    assert result.summary["epochs"] == 1
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["clip_norm"] == 1e-3
+def _gradient_norms_at_step(clip_norm):
+    """The global gradient norm the dense Adam sees at each step of one epoch."""
+    pyro.set_rng_seed(0)
+    data = load_dataset("digits", num_train=256)
+    model, guide = build(FitConfig(hidden_dims=(16,)), data)
+    svi = make_svi(model, guide, 1e-3, clip_norm=clip_norm)
+    norms, adam_step = [], torch.optim.Adam.step
+
+    def recording_step(optimizer, *args, **kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        return adam_step(optimizer, *args, **kwargs)
+
+    with mock.patch.object(torch.optim.Adam, "step", recording_step):
+        train_epoch(svi, data, 64, progress=False)
+    return norms
+
+
+def test_clip_norm_bounds_the_gradient():
+    assert min(_gradient_norms_at_step(None)) > 1.0  # unclipped gradients are large here
+    clipped = _gradient_norms_at_step(1e-3)
+    assert len(clipped) == 4 and max(clipped) <= 1e-3 * (1 + 1e-5)
 
 
 def _run_fit(out, *extra):
@@ -144,7 +167,14 @@ def test_killed_process_resumes_to_the_same_result(tmp_path, how):
     else:
         assert code == 128 + signal.SIGINT, err
         assert f"Resume with: python -m pyro_vae.fit --resume {out}" in err
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp") and how == "SIGINT"]
+    if how == "SIGINT":  # a clean stop leaves no temporary file behind
+        assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    # killed anywhere, every file in place is whole: writes go to a temporary name first
+    state = load_checkpoint(out / "checkpoint.pt")
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] \
+        if (out / "metrics.jsonl").exists() else []
+    assert [m["epoch"] for m in metrics] == list(range(1, state["epoch"] + 1)) and state["epoch"] < 12
+    assert json.loads((out / "config.json").read_text())["epochs"] == 12
     resumed = subprocess.run([sys.executable, "-m", "pyro_vae.fit", "--resume", str(out), "--no-progress"],
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
@@ -185,4 +215,10 @@ def test_second_signal_stops_at_once_without_traceback(tmp_path):
     err = proc.stderr.read()
     assert code == 128 + signal.SIGINT, err  # the run takes seconds; the signals arrive at its start
     assert "Traceback" not in err and "Resume with: python -m pyro_vae.fit --resume" in err
-    assert load_checkpoint(out / "checkpoint.pt")["epoch"] >= 0
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert f"{out}/checkpoint.pt holds the last finished epoch" in err and state["epoch"] < 12
+    assert len(state["metrics"]) == state["epoch"]
+    resumed = subprocess.run([sys.executable, "-m", "pyro_vae.fit", "--resume", str(out), "--no-progress"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 12

@@ -1,7 +1,10 @@
 import pyro
+import pyro.poutine as poutine
 import torch
+from pyro.infer import Trace_ELBO
 
 from pyro_vae.data import load_dataset
+from pyro_vae.density import log_joint
 from pyro_vae.registry import get_guide, get_model
 from pyro_vae.train import elbo_per_example, make_svi, train_epoch
 
@@ -66,3 +69,18 @@ def test_elbo_per_example_is_full_data_scale():
     # same bound per example whatever the batching (different noise draws)
     assert abs(whole - chunked) < 0.5
     assert whole < 0
+
+
+def test_minibatch_loss_is_the_full_data_scale_estimate():
+    """A step's loss on B of N points is -(N / B) sum_i [log p(x_i, z_i) - log q(z_i | x_i)]
+    at the guide's draws: an unbiased one-sample estimate of the full-data -ELBO."""
+    data, model, guide = _setup()
+    idx = torch.arange(10, 42)
+    x = data.train_batch(idx)
+    guide_trace = poutine.trace(guide).get_trace(x, idx, data.num_train)
+    z = guide_trace.nodes["z"]["value"]
+    loss = Trace_ELBO().loss(model, poutine.replay(guide, trace=guide_trace), x, idx, data.num_train)
+    with torch.no_grad():
+        expected = -(data.num_train / len(idx)) * (log_joint(model, x, z) - guide.posterior(x).log_prob(z)).sum()
+    assert abs(loss - expected.item()) < 1e-4 * abs(expected.item())
+    assert abs(loss) > 1000  # the full-data scale: about N times a per-example ELBO of tens of nats

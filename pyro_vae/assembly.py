@@ -1,0 +1,84 @@
+"""Assembling a run from its settings: the device, the data, the model and the guide."""
+
+import torch
+
+from pyro_vae.cli import UsageError, doing, import_user_modules
+from pyro_vae.data import load_dataset
+from pyro_vae.density import observation
+from pyro_vae.guides.decoder_posterior import DecoderPosterior, WithDecoderPosterior
+from pyro_vae.registry import get_guide, get_model
+
+
+def resolve_device(name):
+    """``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N`` as a
+    ``torch.device``; :class:`UsageError` for anything else."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name}: not a device (auto, cpu, cuda, cuda:N, ...)") from None
+
+
+def load_data(config, device):
+    """The dataset named in ``config`` on ``device``."""
+    options = {k: v for k, v in (("data_dim", config.data_dim), ("seed", config.data_seed)) if v is not None}
+    with doing(f"loading dataset {config.dataset}"):
+        return load_dataset(config.dataset, config.data_dir, config.binarize, device, download=config.download,
+                            num_train=config.num_train, num_test=config.num_test, **options)
+
+
+def build_model(config, data):
+    """The model named in ``config`` (or the dataset's default), sized for ``data``."""
+    import_user_modules(config.imports)
+    try:
+        model_cls = get_model(config.model or data.default_model)
+    except KeyError as error:
+        raise UsageError(error.args[0]) from None
+    if getattr(model_cls, "binary_data", False) and not data.is_binary():
+        raise UsageError(
+            f"model {model_cls.name} has a Bernoulli likelihood but {data.name} with --binarize "
+            f"{data.binarize} is not binary: use --binarize dynamic or static, or a Gaussian model"
+        )
+    sizes = f"data dim {data.data_dim}, latent dim {config.latent_dim}, hidden dims {list(config.hidden_dims)}"
+    with doing(f"building model {model_cls.name} ({sizes})"):
+        model = model_cls(data.data_dim, config.latent_dim, config.hidden_dims).to(data.device)
+    if config.bayesian_decoder:
+        if not isinstance(getattr(model, "decoder", None), torch.nn.Module):
+            raise UsageError(f"--bayesian-decoder needs a model with a decoder network; {model.name} has none")
+        model.bayesian_decoder = True
+        check_decoder_is_sampled(model, data.test_x[:4])
+    return model
+
+
+def build(config, data):
+    """The model and the guide named in ``config``, sized for ``data``.
+    With ``--bayesian-decoder`` the guide is q(theta) q(z | x)."""
+    model = build_model(config, data)
+    try:
+        guide_cls = get_guide(config.guide)
+    except KeyError as error:
+        raise UsageError(error.args[0]) from None
+    with doing(f"building guide {guide_cls.name} for {data.num_train} training points"):
+        guide = guide_cls(model, data.num_train, config.hidden_dims).to(data.device)
+        if config.bayesian_decoder:
+            guide = WithDecoderPosterior(guide, DecoderPosterior(model).to(data.device))
+    return model, guide
+
+
+@torch.no_grad()
+def check_decoder_is_sampled(model, x):
+    """A Bayesian decoder's weights are the program's ``decoder.<name>``
+    sites, which reach the network only through ``self.decode(z)``. A model
+    that calls ``self.decoder(z)`` would silently use its unused point
+    weights instead: run the program at two different weight values and
+    refuse a likelihood that does not change."""
+    z = torch.zeros(len(x), model.latent_dim, device=x.device)
+    weights = dict(model.decoder.named_parameters())
+    means = [observation(model, x, z, {f"decoder.{name}": value * scale + shift for name, value in weights.items()}).mean
+             for scale, shift in ((1.0, 0.0), (-0.5, 0.3))]
+    if torch.equal(*means):
+        raise UsageError(f"--bayesian-decoder: model {model.name} calls its decoder network directly; "
+                         f"its likelihood must call self.decode(z) for the sampled weights to be used")

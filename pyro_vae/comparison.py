@@ -1,0 +1,171 @@
+"""Three inferences of p(z | x) under one fixed decoder, scored side by side.
+
+For the given points, ``compare_posteriors`` infers p(z | x) as the encoder
+q(z | x) (``amortized``), a per-point factorised Gaussian q*(z) optimised
+with the decoder fixed (``meanfield``, classical VB) and NUTS (the
+reference), and scores each: the ELBO, the importance-sampled log p(x) with
+the same K for all, the error of posterior means and the ratio of posterior
+standard deviations against NUTS, KL(q || N_nuts) where N_nuts is the
+Gaussian moment-matched to each point's NUTS draws, and wall time; then the
+gap decomposition of Cremer, Li & Duvenaud (2018): approximation gap =
+log p(x) - L[q*], amortization gap = L[q*] - L[q_encoder], with standard
+errors over points. log p(x) there is the importance-weighted estimate with
+the NUTS proposal, the tightest of the three. For a model with a closed
+form (``linear_gaussian``) an ``exact`` row and the exact approximation gap
+are added. ``format_report`` writes it as markdown.
+"""
+
+import time
+
+import arviz as az
+import pyro
+import pyro.distributions as dist
+import torch
+
+from pyro_vae.estimators import elbo_per_point, log_likelihood, mean_and_se
+from pyro_vae.local_fit import fit_local_posterior
+from pyro_vae.mcmc import diagnose, inference_data, sample_latents
+from pyro_vae.posterior import moment_matched
+
+METHODS = ("amortized", "meanfield", "nuts")
+
+
+def as_full_gaussian(q):
+    """A batch of MultivariateNormal with q's means and covariances."""
+    if isinstance(q, dist.MultivariateNormal):
+        return q
+    return dist.MultivariateNormal(q.mean, covariance_matrix=torch.diag_embed(q.variance))
+
+
+def posterior_idata(q, x, draws=1000):
+    """An SVI posterior as InferenceData: ``draws`` samples of q, one chain."""
+    z = q.sample((draws,)).unsqueeze(0)
+    return az.from_dict(posterior={"z": z.cpu().numpy()}, observed_data={"x": x.cpu().numpy()},
+                        dims={"z": ["point", "latent"], "x": ["point", "feature"]})
+
+
+class Posteriors(dict):
+    """name -> q(z | x) for the compared points, with each method's wall
+    time (``seconds``), the NUTS draws and their InferenceData."""
+
+
+def infer_posteriors(model, encoder, x, chains, warmup, samples, seed, progress=False, fixed=None):
+    """p(z | x) for the rows of ``x`` by the encoder, a per-point mean-field
+    fit and NUTS (started from the encoder's q), each timed."""
+    posteriors = Posteriors()
+    posteriors.seconds = {}
+    start = time.perf_counter()
+    with torch.no_grad():
+        posteriors["amortized"] = encoder.posterior(x, fixed=fixed)
+    posteriors.seconds["amortized"] = time.perf_counter() - start
+    start = time.perf_counter()
+    posteriors["meanfield"], posteriors.meanfield_steps = fit_local_posterior(model, x, fixed=fixed)
+    posteriors.seconds["meanfield"] = time.perf_counter() - start
+    posteriors.draws, stats, posteriors.seconds["nuts"] = sample_latents(
+        model, x, chains, warmup, samples, posteriors["amortized"], seed, progress=progress, fixed=fixed)
+    posteriors["nuts"] = moment_matched(posteriors.draws)
+    posteriors.nuts_idata = inference_data(posteriors.draws, stats, x)
+    return posteriors
+
+
+def score(model, q, x, reference, iwae_samples, elbo_samples, fixed=None):
+    """Per-point ELBO and log p(x) of ``q``, and its summary row against the NUTS ``reference``."""
+    elbo = elbo_per_point(model, q, x, elbo_samples, fixed)
+    ll = log_likelihood(model, lambda _: q, x, iwae_samples, batch_size=len(x), fixed=fixed)
+    kl = torch.distributions.kl_divergence(as_full_gaussian(q), reference)
+    row = {
+        "elbo": mean_and_se(elbo)[0], "elbo_se": mean_and_se(elbo)[1],
+        "log_likelihood": mean_and_se(ll)[0], "log_likelihood_se": mean_and_se(ll)[1],
+        "mean_error": float((q.mean - reference.mean).pow(2).sum(-1).sqrt().mean()),
+        "sd_ratio": float((q.variance.sqrt() / reference.variance.sqrt()).mean()),
+        "kl_to_nuts": float(kl.mean()),
+    }
+    return row, {"elbo": elbo, "log_likelihood": ll}
+
+
+def exact_row(model, x, reference, meanfield_elbo):
+    """The closed-form posterior and log p(x) of a model that has them, and
+    the exact approximation gap."""
+    with torch.no_grad():
+        exact = model.exact_posterior(x)
+        exact_ll = model.log_marginal(x)
+    row = {
+        "log_likelihood": mean_and_se(exact_ll)[0], "log_likelihood_se": mean_and_se(exact_ll)[1],
+        "mean_error": float((exact.mean - reference.mean).pow(2).sum(-1).sqrt().mean()),
+        "sd_ratio": float((exact.variance.sqrt() / reference.variance.sqrt()).mean()),
+        "kl_to_nuts": float(torch.distributions.kl_divergence(exact, reference).mean()),
+    }
+    return row, mean_and_se(exact_ll - meanfield_elbo)
+
+
+def compare_posteriors(model, encoder, x, iwae_samples=1000, elbo_samples=200, chains=4, warmup=1000, samples=1000,
+                       seed=0, progress=False, fixed=None):
+    """Infer p(z | x) for the rows of ``x`` three ways under the fixed decoder of
+    ``model`` and score each. Returns (results dict, posteriors dict, NUTS
+    draws, InferenceData of NUTS)."""
+    pyro.set_rng_seed(seed)
+    posteriors = infer_posteriors(model, encoder, x, chains, warmup, samples, seed, progress, fixed)
+    _, nuts_figures, nuts_warnings = diagnose(posteriors.nuts_idata, chains)
+    reference = posteriors["nuts"]
+    per_point = {}
+    results = {"num_points": len(x), "iwae_samples": iwae_samples, "elbo_samples": elbo_samples}
+    for name in METHODS:
+        results[name], per_point[name] = score(model, posteriors[name], x, reference, iwae_samples, elbo_samples,
+                                               fixed)
+        results[name].update(seconds=posteriors.seconds[name], seconds_per_point=posteriors.seconds[name] / len(x))
+    results["meanfield"]["steps"] = posteriors.meanfield_steps
+    results["nuts"].update(nuts_figures, warnings=nuts_warnings, chains=chains, warmup=warmup, samples=samples,
+                           converged=not nuts_warnings or all("effective sample" in w for w in nuts_warnings))
+    results["nuts"]["elbo_note"] = "ELBO of the Gaussian moment-matched to the draws"
+
+    # Cremer, Li & Duvenaud (2018): gaps per point, then mean and s.e.
+    meanfield_elbo = per_point["meanfield"]["elbo"]
+    approximation = per_point["nuts"]["log_likelihood"] - meanfield_elbo
+    amortization = meanfield_elbo - per_point["amortized"]["elbo"]
+    results["approximation_gap"], results["approximation_gap_se"] = mean_and_se(approximation)
+    results["amortization_gap"], results["amortization_gap_se"] = mean_and_se(amortization)
+    results["log_likelihood_for_gaps"] = "importance-weighted, NUTS proposal"
+    if hasattr(model, "exact_posterior"):
+        results["exact"], (results["exact_approximation_gap"], results["exact_approximation_gap_se"]) = exact_row(
+            model, x, reference, meanfield_elbo)
+    return results, dict(posteriors), posteriors.draws, posteriors.nuts_idata
+
+
+def format_report(results, dataset, run):
+    rows = [*METHODS, "exact"] if "exact" in results else list(METHODS)
+    lines = [f"# Posterior comparison: {dataset}, {results['num_points']} held-out points",
+             "", f"Decoder from `{run}`. log p(x): importance-weighted, K = {results['iwae_samples']} for every "
+             f"method; ELBO: {results['elbo_samples']} draws per point; errors and KL against NUTS "
+             f"(KL(q || N_nuts), N_nuts the Gaussian moment-matched to each point's draws).", "",
+             "| method | ELBO | log p(x) | mean error | sd ratio | KL to NUTS | seconds | s / point |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in rows:
+        r = results[name]
+        elbo = f"{r['elbo']:.3f} ± {r['elbo_se']:.3f}" if "elbo" in r else "-"
+        seconds = (f"{r['seconds']:.3f}", f"{r['seconds_per_point']:.2e}") if "seconds" in r else ("-", "-")
+        label = name
+        if name == "nuts" and not r["converged"]:
+            label = "nuts ⚠ not converged"
+        lines.append(f"| {label} | {elbo} | {r['log_likelihood']:.3f} ± {r['log_likelihood_se']:.3f} | "
+                     f"{r['mean_error']:.4f} | {r['sd_ratio']:.3f} | {max(r['kl_to_nuts'], 0.0):.4f} | {seconds[0]} | {seconds[1]} |")
+    nuts = results["nuts"]
+    r_hat = "n/a (one chain)" if nuts["max_r_hat"] is None else f"{nuts['max_r_hat']:.3f}"
+    lines += ["", f"NUTS: {nuts['chains']} chains x ({nuts['warmup']} warm-up + {nuts['samples']} draws), "
+                  f"{nuts['divergences']} divergences, max R-hat {r_hat}, min bulk ESS {nuts['min_ess_bulk']:.0f}, "
+                  f"min tail ESS {nuts['min_ess_tail']:.0f}. Its ELBO is that of the moment-matched Gaussian."]
+    for warning in nuts["warnings"]:
+        lines.append(f"- warning: {warning}")
+    lines += ["", "## Gaps (Cremer, Li & Duvenaud 2018), nats per point", "",
+              f"- approximation gap log p(x) - L[q*] = {results['approximation_gap']:.3f} ± "
+              f"{results['approximation_gap_se']:.3f}",
+              f"- amortization gap L[q*] - L[q_encoder] = {results['amortization_gap']:.3f} ± "
+              f"{results['amortization_gap_se']:.3f}"]
+    if "exact_approximation_gap" in results:
+        lines.append(f"- exact approximation gap (closed-form log p(x)) = {results['exact_approximation_gap']:.3f} ± "
+                     f"{results['exact_approximation_gap_se']:.3f}")
+    lines += ["", f"Per new point: the encoder takes {results['amortized']['seconds_per_point']:.2e} s, the mean-field "
+                  f"fit {results['meanfield']['seconds_per_point']:.2e} s ({results['meanfield']['steps']} Adam steps), "
+                  f"NUTS {results['nuts']['seconds_per_point']:.2e} s: what amortization buys."]
+    for note in results.get("notes", []):
+        lines.append(f"- {note}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,139 @@
+"""Every setting of a run, grouped by what reads it; ``config.json`` stores them.
+
+``FitConfig`` holds what every run has (data, model, optimiser, device) and
+two groups: ``mcmc`` (read only by ``--inference nuts``) and ``evaluation``
+(the log-likelihood estimate written into ``summary.json``). On the command
+line a grouped setting is a flag of its own (``--chains`` sets
+``config.mcmc.chains``).
+"""
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from pyro_vae.checkpoint import CheckpointError
+from pyro_vae.cli import UsageError
+from pyro_vae.data import BINARIZE_MODES
+from pyro_vae.train import ELBOS
+
+INFERENCE = ("svi", "nuts")
+NUTS_MODES = ("fixed-decoder", "mcem")
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+@dataclass
+class MCMCSettings:
+    """``--inference nuts``: which points, how many chains and draws."""
+
+    mode: str = "fixed-decoder"  # or "mcem": Monte Carlo EM from scratch
+    decoder_from: str | None = None  # fixed-decoder: the run whose decoder is held fixed
+    subset: int = 100
+    chains: int = 4
+    warmup: int = 500
+    samples: int = 500
+    em_iterations: int = 20  # mcem: E-step / M-step rounds
+    m_steps: int = 20  # mcem: Adam steps on the decoder per round
+
+    def validate(self):
+        if self.mode not in NUTS_MODES:
+            raise UsageError(f"nuts mode must be one of {', '.join(NUTS_MODES)}, got {self.mode!r}")
+        if min(self.subset, self.chains, self.samples, self.em_iterations, self.m_steps) < 1 or self.warmup < 0:
+            raise UsageError("--subset, --chains, --samples, --em-iterations and --m-steps must be positive, "
+                             "--warmup non-negative")
+
+
+@dataclass
+class EvaluationSettings:
+    """The importance-weighted log p(x) a run reports in ``summary.json``."""
+
+    iwae_samples: int = 1000  # K
+    max_examples: int = 1000  # on the first this many test examples
+
+
+@dataclass
+class FitConfig:
+    """Every setting of a run."""
+
+    inference: str = "svi"  # svi (with --guide) or nuts
+    model: str | None = None  # None: the dataset's default model
+    guide: str = "amortized"  # the variational family (--inference svi)
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    num_train: int | None = None  # first N training examples (synthetic: generate N)
+    num_test: int | None = None
+    data_dim: int | None = None  # synthetic datasets only
+    data_seed: int | None = None  # synthetic datasets only
+    binarize: str | None = None  # None: the dataset's default
+    latent_dim: int = 2
+    hidden_dims: tuple = (400,)
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    local_lr: float = 1e-2  # per-datapoint parameters (meanfield)
+    elbo: str = "trace"
+    clip_norm: float | None = None  # clip the global gradient norm of the (dense) parameters
+    bayesian_decoder: bool = False  # N(0, I) priors on decoder weights, mean-field q(theta) ("full VB")
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None  # None: runs/<dataset>-<guide or inference>-<timestamp>
+    imports: list = field(default_factory=list)  # user modules that register models/guides
+    mcmc: MCMCSettings = field(default_factory=MCMCSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+
+    def validate(self):
+        """Raise :class:`UsageError` for values no run can use."""
+        checks = [
+            (self.inference in INFERENCE, f"inference must be one of {', '.join(INFERENCE)}, got {self.inference!r}"),
+            (self.latent_dim >= 1, f"latent dim must be at least 1, got {self.latent_dim}"),
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
+            (0 < self.lr < float("inf"), f"learning rate must be positive, got {self.lr}"),
+            (0 < self.local_lr < float("inf"), f"local learning rate must be positive, got {self.local_lr}"),
+            (all(h >= 1 for h in self.hidden_dims), f"hidden dims must be positive, got {self.hidden_dims}"),
+            (self.elbo in ELBOS, f"elbo must be one of {', '.join(ELBOS)}, got {self.elbo!r}"),
+            (self.binarize in (None, *BINARIZE_MODES), f"binarize must be one of {', '.join(BINARIZE_MODES)}"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"device must be {DEVICES}, got {self.device!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        self.mcmc.validate()
+
+    def as_dict(self):
+        d = asdict(self)
+        d["hidden_dims"] = list(self.hidden_dims)
+        return d
+
+    @classmethod
+    def from_dict(cls, saved):
+        """The inverse of :meth:`as_dict`; unknown keys (a ``config.json``'s
+        resolved device, sizes and versions) are ignored."""
+        groups = {"mcmc": MCMCSettings, "evaluation": EvaluationSettings}
+        values = {f.name: saved[f.name] for f in fields(cls) if f.name in saved and f.name not in groups}
+        for name, group in groups.items():
+            inner = saved.get(name) or {}
+            values[name] = group(**{f.name: inner[f.name] for f in fields(group) if f.name in inner})
+        config = cls(**values)
+        config.hidden_dims = tuple(config.hidden_dims)
+        return config
+
+    @classmethod
+    def from_flags(cls, flags):
+        """From a flat mapping whose grouped keys read ``group.name``
+        (the command line's destinations)."""
+        top = {k: v for k, v in flags.items() if "." not in k}
+        grouped = {}
+        for key, value in flags.items():
+            if "." in key:
+                group, name = key.split(".", 1)
+                grouped.setdefault(group, {})[name] = value
+        return cls.from_dict({**top, **grouped})
+
+
+def config_from_checkpoint(state, path):
+    """The :class:`FitConfig` saved inside a checkpoint."""
+    try:
+        return FitConfig.from_dict(json.loads(state["config"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: no usable configuration inside ({error})") from None

@@ -1,0 +1,107 @@
+"""Test-time inference without an encoder: a Gaussian per point, fitted with
+the model's weights fixed (classical variational inference on new data).
+
+``fit_local_posterior`` is the optimiser; ``WarmStarts`` is a small bounded
+cache of its answers, keyed by a handle the caller chooses ("test", say),
+so that asking again about the same points under a slowly changing decoder
+starts from the last answer.
+"""
+
+import math
+from collections import OrderedDict
+
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+
+from pyro_vae.building_blocks import frozen
+from pyro_vae.estimators import log_weights
+
+INIT_SCALE = 0.1
+
+
+def fit_local_posterior(model, x, num_particles=8, lr=0.05, max_steps=3000, window=50, tol=1e-3, init=None,
+                        fixed=None):
+    """Fit q(z_i) = N(m_i, diag s_i^2) to each row x_i of ``x`` with the
+    model fixed.
+
+    Maximises sum_i ELBO_i = E_q[log p(x_i, z_i) - log q(z_i)] with Adam on
+    (m, log s), the expectation estimated with ``num_particles``
+    reparameterised draws per point and step, all points in one batch (the
+    objective is a sum of independent terms and Adam is elementwise, so this
+    is per-point optimisation). Stopping rule: every ``window`` steps, the
+    mean ELBO per point over the last window is compared with the window
+    before; stop when it improved by less than ``tol`` nats, or after
+    ``max_steps``. The answer is the average of (m, log s) over the last
+    window (Polyak averaging): with a constant step size the last iterate
+    jitters around the optimum by about ``lr``, the average much less.
+    Starts from ``init`` (a Normal, e.g. an encoder's q) or from m = 0, s = 0.1.
+
+    Returns (q, steps): q a ``Normal(m, s).to_event(1)`` with batch shape
+    (len(x),), detached; steps the number of Adam steps taken.
+    """
+    if init is not None:
+        loc = init.mean.detach().clone()
+        log_scale = init.variance.detach().sqrt().log().clone()
+    else:
+        loc = torch.zeros(len(x), model.latent_dim, device=x.device)
+        log_scale = torch.full((len(x), model.latent_dim), math.log(INIT_SCALE), device=x.device)
+    loc.requires_grad_(True)
+    log_scale.requires_grad_(True)
+    optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
+    history, previous, steps = [], None, 0
+    loc_sum, log_scale_sum = torch.zeros_like(loc), torch.zeros_like(log_scale)
+    # the model is fixed; callers may be under no_grad (evaluation) or inside a
+    # Pyro trace (a guide program)
+    with frozen(model), torch.enable_grad(), poutine.block():
+        while steps < max_steps:
+            q = dist.Normal(loc, log_scale.exp()).to_event(1)
+            elbo = log_weights(model, q, x, q.rsample((num_particles,)), fixed).mean(0)  # per point
+            optimizer.zero_grad()
+            (-elbo.sum()).backward()
+            optimizer.step()
+            steps += 1
+            history.append(elbo.mean().item())
+            loc_sum += loc.detach()
+            log_scale_sum += log_scale.detach()
+            if len(history) == window:
+                current = sum(history) / window
+                if previous is not None and current - previous < tol:
+                    break
+                previous, history = current, []
+                loc_sum, log_scale_sum = torch.zeros_like(loc), torch.zeros_like(log_scale)
+    n = len(history)
+    if n == 0:  # stopped right after a window was reset: the current iterate
+        return dist.Normal(loc.detach(), log_scale.detach().exp()).to_event(1), steps
+    return dist.Normal(loc_sum / n, (log_scale_sum / n).exp()).to_event(1), steps
+
+
+class WarmStarts:
+    """At most ``size`` past answers of :func:`fit_local_posterior`, keyed by
+    a caller's handle, least recently used first out. Its ``state`` is
+    tensors and strings only, so a guide can keep it in its state dict (a
+    resumed run then repeats its warm starts exactly)."""
+
+    def __init__(self, size=4):
+        self.size = size
+        self.entries = OrderedDict()
+
+    def get(self, key, rows):
+        """The stored answer for ``key`` if it was for ``rows`` points, else None."""
+        entry = self.entries.get(key)
+        if entry is None or len(entry["loc"]) != rows:
+            return None
+        self.entries.move_to_end(key)
+        return dist.Normal(entry["loc"], entry["scale"]).to_event(1)
+
+    def put(self, key, q):
+        self.entries[key] = {"loc": q.mean, "scale": q.stddev}
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+    def state(self):
+        return {"keys": list(self.entries), "values": list(self.entries.values())}
+
+    def load(self, state):
+        self.entries = OrderedDict(zip(state["keys"], state["values"]))

@@ -1,0 +1,233 @@
+"""The MCMC driver: NUTS on the same model, ``python -m pyro_vae.fit --inference nuts``.
+
+Two ways to fit (``--nuts-mode``):
+
+- ``fixed-decoder`` (with ``--decoder-from RUN_DIR``): the decoder trained in
+  another run is held fixed and NUTS samples the local latents z_1..z_N of
+  the first ``--subset`` held-out (test) points: the reference posterior
+  against which the encoder and the mean-field guide are judged.
+- ``mcem``: Monte Carlo EM from scratch on the first ``--subset`` training
+  points (Kingma & Welling 2013, section 5): alternate NUTS draws of the
+  subset's z given the decoder (E-step) with Adam steps on the decoder
+  weights maximising the Monte Carlo estimate of E_p(z|x)[log p(x | z)]
+  (M-step).
+
+The target is the model's own program (``density.log_density_for_sampler``)
+and the sampler is ``pyro_vae.nuts_sampler``. A run directory holds
+``posterior.nc`` (ArviZ InferenceData: posterior, sample_stats,
+observed_data), ``diagnostics.csv`` (``az.summary``: R-hat, bulk and tail
+ESS per latent coordinate), ``summary.json`` (divergences, worst R-hat and
+ESS, wall time), ``config.json`` and ``checkpoint.pt`` (the decoder and the
+per-point Gaussians moment-matched to the draws, for ``evaluate``).
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import arviz as az
+import pyro
+import torch
+
+from pyro_vae import nuts_sampler
+from pyro_vae.assembly import build_model, load_data, resolve_device
+from pyro_vae.building_blocks import frozen
+from pyro_vae.checkpoint import atomic_path, save_checkpoint, write_json
+from pyro_vae.cli import UsageError
+from pyro_vae.density import log_density_for_sampler, log_joint_terms, plug_in_values
+from pyro_vae.posterior import MomentMatchedPosterior
+from pyro_vae.rundir import default_out, load_run, prepare_out, write_config, write_metrics
+from pyro_vae.svi import FitResult
+
+RHAT_LIMIT = 1.01
+MIN_ESS_PER_CHAIN = 100  # Vehtari et al. (2021): bulk and tail ESS of at least 100 per chain
+
+
+def sample_latents(model, x, chains=4, warmup=500, samples=500, init=None, seed=0, progress=False, fixed=None):
+    """NUTS draws of z_1..z_N | x_1..x_N with the model's weights fixed (and
+    its global sites at ``fixed``).
+
+    ``init`` is a distribution over z with batch shape (N,) (an encoder's
+    q(z | x), say): each chain starts from its own draw of it, so that chains
+    start apart (R-hat needs that) but near the posterior. Without it chains
+    start uniformly in [-2, 2], as Pyro's default does.
+
+    Returns (draws of shape (chains, samples, N, latent_dim), per-iteration
+    statistics of shape (chains, samples), seconds of wall time).
+    """
+    start = time.perf_counter()
+    pyro.set_rng_seed(seed)
+    shape = (chains, len(x), model.latent_dim)
+    with frozen(model), torch.no_grad():
+        if init is None:
+            z0 = torch.rand(shape, device=x.device, dtype=x.dtype) * 4 - 2
+        else:
+            z0 = init.sample((chains,)).to(x.dtype)
+        log_density = log_density_for_sampler(model, x, chains, fixed)
+        draws, stats = nuts_sampler.sample(log_density, z0, warmup, samples, seed, progress=progress)
+    return draws, stats, time.perf_counter() - start
+
+
+def inference_data(draws, stats, x):
+    """ArviZ InferenceData: posterior z (chain, draw, point, latent), the
+    sampler's statistics per (chain, draw) (ArviZ's names) and the observed data."""
+    return az.from_dict(
+        posterior={"z": draws.cpu().numpy()},
+        sample_stats={name: value.cpu().numpy() for name, value in stats.items()},
+        observed_data={"x": x.cpu().numpy()},
+        dims={"z": ["point", "latent"], "x": ["point", "feature"]},
+    )
+
+
+def diagnose(idata, chains):
+    """(az.summary table, figures: divergences, worst R-hat, min bulk/tail ESS, warnings)."""
+    summary = az.summary(idata, var_names=["z"], kind="diagnostics", round_to="none")
+    divergences = int(idata.sample_stats["diverging"].sum())
+    figures = {
+        "divergences": divergences,
+        "max_r_hat": float(summary["r_hat"].max()) if chains > 1 else None,
+        "min_ess_bulk": float(summary["ess_bulk"].min()),
+        "min_ess_tail": float(summary["ess_tail"].min()),
+    }
+    warnings = []
+    if figures["max_r_hat"] is not None and figures["max_r_hat"] > RHAT_LIMIT:
+        worst = summary["r_hat"].idxmax()
+        warnings.append(f"R-hat up to {figures['max_r_hat']:.3f} (> {RHAT_LIMIT}) at {worst}: chains disagree; "
+                        f"run longer (--warmup, --samples)")
+    if divergences:
+        warnings.append(f"{divergences} divergent transitions: the posterior has regions NUTS cannot explore "
+                        f"at this step size; results may be biased")
+    low = MIN_ESS_PER_CHAIN * chains
+    if figures["min_ess_bulk"] < low or figures["min_ess_tail"] < low:
+        warnings.append(f"low effective sample size (bulk {figures['min_ess_bulk']:.0f}, tail "
+                        f"{figures['min_ess_tail']:.0f} < {low}): run longer (--samples)")
+    return summary, figures, warnings
+
+
+def write_posterior(out, idata, summary):
+    with atomic_path(out / "posterior.nc") as tmp:
+        idata.to_netcdf(str(tmp), engine="h5netcdf")
+    with atomic_path(out / "diagnostics.csv") as tmp:
+        summary.to_csv(tmp)
+
+
+def monte_carlo_em(model, x, iterations, warmup, samples, m_steps, lr, seed=0, progress=False, log=print,
+                   on_iteration=None):
+    """Monte Carlo EM on the decoder of ``model`` for the points ``x``.
+
+    E-step: one NUTS chain (``warmup`` + ``samples``) draws z | x under the
+    current decoder, started from the previous E-step's last draw. M-step:
+    ``m_steps`` Adam steps on the decoder maximising the mean over draws of
+    sum_i log p(x_i | z_i^(s)), read off the model's program.
+    ``on_iteration(record)`` is called after each round. Returns the
+    per-iteration history and the last E-step's draws, shape (1, samples, N, latent_dim).
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    init, history = None, []
+    for iteration in range(1, iterations + 1):
+        draws, stats, seconds = sample_latents(model, x, 1, warmup, samples, init, seed + iteration, progress=progress)
+        z = draws[0]  # (samples, N, L)
+        start = time.perf_counter()
+        model.train()
+        for _ in range(m_steps):
+            log_lik = log_joint_terms(model, x, z)[0].sum(-1).mean()
+            optimizer.zero_grad()
+            (-log_lik).backward()
+            optimizer.step()
+        model.eval()
+        init = torch.distributions.Independent(torch.distributions.Normal(z[-1], 1e-3), 1)
+        record = {"iteration": iteration, "log_likelihood_given_z": log_lik.item() / len(x),
+                  "divergences": int(stats["diverging"].sum()), "seconds": seconds + time.perf_counter() - start}
+        history.append(record)
+        if on_iteration is not None:
+            on_iteration(record)
+        log(f"MCEM iteration {iteration:3d}: E[log p(x|z)] {record['log_likelihood_given_z']:9.3f} nats/point, "
+            f"{record['divergences']} divergences, {record['seconds']:.1f}s")
+    return history, draws
+
+
+def fixed_decoder_problem(config, device):
+    """``--nuts-mode fixed-decoder``: the model of ``--decoder-from`` (a
+    Bayesian decoder at its posterior mean, which this run saves as its
+    weights), its data, the first ``--subset`` test points and the run's
+    encoder, if any, to start chains from."""
+    source = load_run(config.mcmc.decoder_from, device)
+    for name in ("model", "dataset", "data_dir", "binarize", "latent_dim", "hidden_dims", "num_train", "num_test",
+                 "data_dim", "data_seed", "imports"):
+        setattr(config, name, getattr(source.config, name))
+    fixed = plug_in_values(source.model, source.guide)
+    config.bayesian_decoder = False
+    model = build_model(config, source.data)
+    model.load_state_dict(source.model.state_dict())
+    with torch.no_grad():
+        for name, p in model.decoder.named_parameters() if fixed else ():
+            p.copy_(fixed[f"decoder.{name}"])
+    init_guide = source.guide if getattr(source.guide, "amortized", False) else None
+    return model, source.data, source.data.test_x, init_guide, "test"
+
+
+def mcem_problem(config, device):
+    """``--nuts-mode mcem``: a fresh model and the first ``--subset`` training points."""
+    data = load_data(config, device)
+    model = build_model(config, data)
+    return model, data, data.train_batch(torch.arange(data.num_train, device=device)), None, "train"
+
+
+def fit_nuts(config, progress=True, log=print):
+    """The ``--inference nuts`` run: see the module docstring."""
+    settings = config.mcmc
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--inference nuts runs in one process: start it with python -m pyro_vae.fit, not torchrun")
+    if settings.mode == "fixed-decoder" and not settings.decoder_from:
+        raise UsageError("--inference nuts samples with a fixed decoder: pass --decoder-from RUN_DIR "
+                         "(or --nuts-mode mcem to learn one from scratch)")
+    device = resolve_device(config.device)
+    pyro.set_rng_seed(config.seed)
+    problem = fixed_decoder_problem if settings.mode == "fixed-decoder" else mcem_problem
+    model, data, x, init_guide, split = problem(config, device)
+    if settings.subset > len(x):
+        raise UsageError(f"--subset {settings.subset} is larger than the {len(x)} points available")
+    x = x[: settings.subset]
+    config.model, config.binarize = model.name, data.binarize
+    out = prepare_out(config.out or default_out(config))
+    config.out = str(out)
+    write_config(out, config, data, device)
+    start = time.perf_counter()
+    history = []
+    if settings.mode == "mcem":
+        history, _ = monte_carlo_em(model, x, settings.em_iterations, settings.warmup, settings.samples,
+                                    settings.m_steps, config.lr, config.seed, progress, log)
+        write_metrics(out, history)
+    log(f"NUTS: {settings.chains} chains x ({settings.warmup} warm-up + {settings.samples} draws) on {len(x)} "
+        f"points, latent dim {model.latent_dim}, all chains in one batch")
+    init = None if init_guide is None else init_guide.posterior(x)
+    draws, stats, sampling_seconds = sample_latents(model, x, settings.chains, settings.warmup, settings.samples,
+                                                    init, config.seed, progress=progress)
+    return write_nuts_run(config, model, data, x, split, draws, stats, history, sampling_seconds,
+                          time.perf_counter() - start, log)
+
+
+def write_nuts_run(config, model, data, x, split, draws, stats, history, sampling_seconds, seconds, log):
+    """posterior.nc, diagnostics.csv, checkpoint.pt and summary.json of a NUTS run."""
+    out, settings = Path(config.out), config.mcmc
+    idata = inference_data(draws, stats, x)
+    summary_table, figures, warnings = diagnose(idata, settings.chains)
+    write_posterior(out, idata, summary_table)
+    posterior = MomentMatchedPosterior(model)
+    posterior.set_draws(draws, split)
+    save_checkpoint(out / "checkpoint.pt", {
+        "model": model.state_dict(), "guide": posterior.state_dict(),
+        "epoch": settings.em_iterations if settings.mode == "mcem" else 0, "metrics": history,
+        "config": json.dumps(config.as_dict()),
+    })
+    summary = {**figures, "chains": settings.chains, "warmup": settings.warmup, "samples": settings.samples,
+               "subset": len(x), "sampling_seconds": sampling_seconds, "seconds": seconds,
+               "seconds_per_point": sampling_seconds / len(x), "warnings": warnings}
+    write_json(out / "summary.json", summary)
+    r_hat = "n/a (one chain)" if figures["max_r_hat"] is None else f"{figures['max_r_hat']:.3f}"
+    log(f"NUTS done in {sampling_seconds:.1f}s: {figures['divergences']} divergences, max R-hat {r_hat}, "
+        f"min bulk ESS {figures['min_ess_bulk']:.0f}, min tail ESS {figures['min_ess_tail']:.0f}; wrote {out}")
+    for warning in warnings:
+        log(f"warning: {warning}")
+    return FitResult(model, posterior, data, config, history, summary, out)

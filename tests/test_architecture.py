@@ -1,0 +1,201 @@
+"""The structure the code promises: imports point one way, small modules and
+functions, one density for every method, models found without registration edits."""
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from conftest import REPO
+from pyro_vae.assembly import build
+from pyro_vae.building_blocks import data_plate, mlp
+from pyro_vae.cli import UsageError
+from pyro_vae.config import EvaluationSettings, FitConfig, MCMCSettings
+from pyro_vae.data import RawDataset, load_dataset, load_digits, register_dataset
+from pyro_vae.density import log_joint_terms
+from pyro_vae.fit import fit
+from pyro_vae.models import LatentVariableModel
+from pyro_vae.registry import register_model
+
+PACKAGES = {"pyro_vae": REPO / "pyro_vae", "pyro_vae.models": REPO / "models", "pyro_vae.guides": REPO / "guides"}
+QUIET = {"progress": False, "log": lambda *a: None}
+
+
+def modules():
+    """name -> path of every module of the three packages."""
+    found = {}
+    for package, folder in PACKAGES.items():
+        for path in folder.glob("*.py"):
+            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    return found
+
+
+def imports_of(name, path):
+    """The project modules ``name`` imports, at any depth of its code (function-level imports count)."""
+    package = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            targets.add(base)
+            targets |= {f"{base}.{alias.name}" for alias in node.names}
+    known = modules()
+    return {t for t in targets if t in known and t != name}
+
+
+def test_project_import_graph_is_acyclic():
+    graph = {name: imports_of(name, path) for name, path in modules().items()}
+    state = {}
+
+    def visit(node, path):
+        if state.get(node) == "done":
+            return
+        assert state.get(node) != "open", "import cycle: " + " -> ".join(path + [node])
+        state[node] = "open"
+        for target in sorted(graph[node]):
+            visit(target, path + [node])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        visit(node, [])
+    # the commands sit on top: nothing below imports them
+    commands = {"pyro_vae.fit", "pyro_vae.evaluate", "pyro_vae.compare"}
+    for name, targets in graph.items():
+        assert not (targets & commands), f"{name} imports a command: {targets & commands}"
+
+
+def test_the_cycle_check_sees_a_cycle(tmp_path):
+    (tmp_path / "a.py").write_text("def f():\n    from pyro_vae.fit import main\n")
+    assert imports_of("pyro_vae.a", tmp_path / "a.py") == {"pyro_vae.fit"}
+
+
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_each_module_imports_alone(name):
+    done = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_modules_and_functions_are_small():
+    """No module over about 300 lines but the sampler, no function over about 60."""
+    for name, path in modules().items():
+        lines = path.read_text().splitlines()
+        if name != "pyro_vae.nuts_sampler":
+            assert len(lines) <= 320, f"{name}: {len(lines)} lines"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 65, f"{name}.{node.name}: {length} lines"
+
+
+def test_a_model_file_registers_itself_without_editing_the_package(tmp_path):
+    """Every module in models/ is imported by the package: a new model is one file."""
+    source = (REPO / "models" / "__init__.py").read_text()
+    assert "pkgutil.iter_modules" in source
+    (tmp_path / "models").mkdir()
+    for path in (REPO / "models").glob("*.py"):
+        (tmp_path / "models" / path.name).write_text(path.read_text())
+    (tmp_path / "models" / "poisson_mlp.py").write_text(textwrap.dedent('''
+        import pyro.distributions as dist
+        from torch.nn import functional as F
+        from pyro_vae.building_blocks import mlp
+        from pyro_vae.registry import register_model
+        from .base import LatentVariableModel
+
+        @register_model("poisson_mlp_test")
+        class PoissonMLP(LatentVariableModel):
+            def __init__(self, data_dim, latent_dim=2, hidden_dims=(400,)):
+                super().__init__(data_dim, latent_dim, hidden_dims)
+                self.decoder = mlp([latent_dim, *reversed(hidden_dims), data_dim])
+            def likelihood(self, z):
+                return dist.Poisson(F.softplus(self.decode(z))).to_event(1)
+    '''))
+    code = ("import sys, pyro_vae; import importlib.util as u; "
+            f"spec = u.spec_from_file_location('pyro_vae.models', '{tmp_path}/models/__init__.py', "
+            f"submodule_search_locations=['{tmp_path}/models']); m = u.module_from_spec(spec); "
+            "sys.modules['pyro_vae.models'] = m; spec.loader.exec_module(m); "
+            "from pyro_vae.registry import MODELS; print(sorted(MODELS))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "poisson_mlp_test" in done.stdout and "bernoulli_mlp" in done.stdout
+
+
+# ---------------------------------------------------------------- one density, through the program
+
+
+@register_dataset("digits_labelled_test")
+def load_digits_labelled(data_dir=None, download=False):
+    """Binary digits with a one-hot label appended: rows of 64 + 10."""
+    d = load_digits()
+    g = torch.Generator().manual_seed(0)
+    join = lambda x, y: torch.cat([torch.bernoulli(x, generator=g), torch.nn.functional.one_hot(y, 10).float()], -1)  # noqa: E731
+    return RawDataset(join(d.train_x, d.train_y), d.train_y, join(d.test_x, d.test_y), d.test_y, None, "none",
+                      "cvae_test")
+
+
+@register_model("cvae_test")
+class ConditionalVAE(LatentVariableModel):
+    """p(x | z, y): the label travels in the row and is an input, not observed (notebook 02)."""
+
+    binary_data = True
+
+    def __init__(self, data_dim, latent_dim=2, hidden_dims=(32,)):
+        super().__init__(data_dim, latent_dim, hidden_dims)
+        self.decoder = mlp([latent_dim + 10, *reversed(hidden_dims), data_dim - 10])
+
+    def likelihood(self, z, y):
+        return dist.Bernoulli(logits=self.decode(torch.cat([z, y.expand(*z.shape[:-1], 10)], -1))).to_event(1)
+
+    def forward(self, x, idx=None, num_data=None):
+        pyro.module(self.name, self)
+        pixels, y = x[..., :-10], x[..., -10:]
+        with data_plate(x, idx, num_data):
+            z = pyro.sample("z", self.prior(x))
+            pyro.sample("x", self.likelihood(z, y), obs=pixels)
+
+
+@register_model("forgets_decode_test")
+class ForgetsDecode(LatentVariableModel):
+    """Calls its network as self.decoder(z), which a Bayesian decoder cannot reach."""
+
+    binary_data = True
+
+    def __init__(self, data_dim, latent_dim=2, hidden_dims=(16,)):
+        super().__init__(data_dim, latent_dim, hidden_dims)
+        self.decoder = mlp([latent_dim, *reversed(hidden_dims), data_dim])
+
+    def likelihood(self, z):
+        return dist.Bernoulli(logits=self.decoder(z)).to_event(1)
+
+
+def test_conditional_vae_runs_under_nuts_through_the_python_api(tmp_path):
+    trained = fit(FitConfig(dataset="digits_labelled_test", latent_dim=2, hidden_dims=(32,), epochs=3,
+                            out=str(tmp_path / "cvae"), evaluation=EvaluationSettings(10, 20)), **QUIET)
+    nuts = fit(FitConfig(inference="nuts", out=str(tmp_path / "nuts"),
+                         mcmc=MCMCSettings(decoder_from=str(trained.out), subset=5, chains=2, warmup=50, samples=50)),
+               **QUIET)
+    draws = nuts.guide.loc  # the moment-matched posterior means of the 5 points
+    assert draws.shape == (5, 2) and torch.isfinite(draws).all()
+    # the NUTS target was the program's: the label changes log p(x | z)
+    x, z = trained.data.test_x[:5], torch.zeros(5, 2)
+    relabelled = torch.cat([x[:, :-10], x[:, -10:].roll(1, -1)], -1)
+    with torch.no_grad():
+        assert not torch.allclose(log_joint_terms(trained.model, x, z)[0], log_joint_terms(trained.model, relabelled, z)[0])
+    assert json.loads((tmp_path / "nuts" / "config.json").read_text())["inference"] == "nuts"
+
+
+def test_a_model_that_forgets_decode_is_refused_with_a_bayesian_decoder():
+    data = load_dataset("digits")
+    with pytest.raises(UsageError, match="must call self.decode"):
+        build(FitConfig(model="forgets_decode_test", hidden_dims=(16,), bayesian_decoder=True), data)
+    build(FitConfig(model="bernoulli_mlp", hidden_dims=(16,), bayesian_decoder=True), data)  # decode: accepted
+    build(FitConfig(model="forgets_decode_test", hidden_dims=(16,)), data)  # point weights: fine either way
