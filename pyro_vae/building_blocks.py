@@ -5,7 +5,6 @@ from contextlib import contextmanager
 
 import pyro
 import pyro.distributions as dist
-import torch
 from torch import nn
 from torch.distributions.utils import broadcast_all
 from torch.nn import functional as F

@@ -78,19 +78,16 @@ def exit_with(prog, error, status=2):
     sys.exit(status)
 
 
-# What the process is doing, for the one-line report of an allocation failure.
-_ACTIVITY = []
-
-
 @contextmanager
 def doing(what):
-    """Name what the code inside is doing ("building model bernoulli_mlp ..."),
-    so that running out of memory there is reported as such."""
-    _ACTIVITY.append(what)
+    """Name what the code inside is doing ("building model bernoulli_mlp ..."):
+    an allocation failure inside carries the name, for :func:`report_out_of_memory`."""
     try:
         yield
-    finally:
-        _ACTIVITY.pop()
+    except (MemoryError, RuntimeError) as error:
+        if not hasattr(error, "activity"):  # the innermost name wins
+            error.activity = what
+        raise
 
 
 def _is_out_of_memory(error):
@@ -115,6 +112,6 @@ def report_out_of_memory(prog):
         if size.endswith(" bytes"):
             size = f"{int(size.split()[0]) / 2**30:.1f} GiB"
         size = f" ({size} asked for)" if size else ""
-        where = _ACTIVITY[-1] if _ACTIVITY else "running"
+        where = getattr(error, "activity", "running")
         exit_with(prog, f"out of memory while {where}{size}; reduce the sizes (--latent-dim, --hidden-dims, "
                         f"--batch-size, --iwae-samples, ...) or use a larger device", status=1)

@@ -15,7 +15,6 @@ of your own registers with ``@register_dataset("name")``.
 """
 
 import gzip
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass

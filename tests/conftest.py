@@ -48,3 +48,14 @@ def make_mnist_dir(folder, n_train=20, n_test=10, size=28, seed=0):
 def mnist_dir(tmp_path):
     make_mnist_dir(tmp_path / "mnist")
     return tmp_path / "mnist"
+
+
+def fit_linear_gaussian(out, epochs, iwae_samples):
+    """linear_gaussian (pPCA) fitted by SVI with the amortized guide: the
+    decoder every closed-form check of an estimator starts from."""
+    from pyro_vae.config import EvaluationSettings
+    from pyro_vae.fit import FitConfig, fit
+
+    config = FitConfig(dataset="linear_gaussian", latent_dim=2, hidden_dims=(64,), epochs=epochs, lr=1e-2,
+                       batch_size=100, out=str(out), evaluation=EvaluationSettings(iwae_samples))
+    return fit(config, progress=False, log=lambda *a: None)

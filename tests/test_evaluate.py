@@ -7,20 +7,16 @@ import pytest
 import torch
 
 import pyro_vae.estimators as estimators_module
+from conftest import fit_linear_gaussian
 from pyro_vae.estimators import active_units, elbo_terms, evaluate, log_likelihood
 from pyro_vae.evaluate import main
-from pyro_vae.config import EvaluationSettings
-from pyro_vae.fit import FitConfig, fit
 from pyro_vae.models.linear_gaussian import LinearGaussian
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """linear_gaussian fitted by SVI with the amortized guide (about 5 s)."""
-    out = tmp_path_factory.mktemp("lg") / "run"
-    config = FitConfig(dataset="linear_gaussian", latent_dim=2, hidden_dims=(64,), epochs=200, lr=1e-2,
-                       batch_size=100, out=str(out), evaluation=EvaluationSettings(100))
-    return fit(config, progress=False, log=lambda *a: None)
+    return fit_linear_gaussian(tmp_path_factory.mktemp("lg") / "run", epochs=200, iwae_samples=100)
 
 
 def diagonal(q, scale=1.0):

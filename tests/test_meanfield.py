@@ -7,6 +7,7 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
+from conftest import fit_linear_gaussian
 from pyro_vae.density import log_joint_terms
 from pyro_vae.evaluate import main as evaluate_main
 from pyro_vae.config import EvaluationSettings
@@ -18,10 +19,7 @@ from pyro_vae.train import make_svi
 
 @pytest.fixture(scope="module")
 def linear_gaussian_fit(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lgmf") / "run"
-    config = FitConfig(dataset="linear_gaussian", latent_dim=2, hidden_dims=(64,), epochs=150, lr=1e-2,
-                       batch_size=100, out=str(out), evaluation=EvaluationSettings(50))
-    return fit(config, progress=False, log=lambda *a: None)
+    return fit_linear_gaussian(tmp_path_factory.mktemp("lgmf") / "run", epochs=150, iwae_samples=50)
 
 
 def mc_elbo(model, q, x, particles=400):
