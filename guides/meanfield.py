@@ -2,10 +2,11 @@ import math
 
 import pyro
 import pyro.distributions as dist
+import torch
 from torch import nn
 
 from pyro_vae.building_blocks import data_plate
-from pyro_vae.local_fit import INIT_SCALE, WarmStarts, fit_local_posterior
+from pyro_vae.local_fit import INIT_SCALE, WarmStarts, fit_local_posterior, refine
 from pyro_vae.registry import register_guide
 
 
@@ -21,6 +22,18 @@ class MeanFieldGuide(nn.Module):
     minibatch touches (and Adam updates, lazily, via ``SparseAdam``) only its
     own rows: a step costs the same for N = 60,000 as for N = 600.
 
+    With ``local_steps = K`` (``--local-steps``) each minibatch's rows first
+    take K Adam steps (``local_lr``) up their ELBO with the decoder fixed,
+    from their stored values, and are written back; the SVI step then moves
+    the decoder at the refined posteriors (and the rows by one more sparse
+    step). That is classical stochastic VB (Hoffman, Blei, Wang & Paisley
+    2013): the local parameters near their optimum before each global step.
+    Without it each row moves one sparse step per epoch. ``local_particles``
+    draws per refinement step: with one, Adam's normalised steps on the
+    skewed (chi-square-like) noise of the log-scale gradient settle about 20%
+    above the optimal variances (measured on linear_gaussian); eight bring
+    them to the optimum at eight times the cost of a step.
+
     For points outside the training set there are no local parameters;
     :meth:`posterior` without ``idx`` fits fresh ones with the decoder fixed
     (:func:`fit_local_posterior`).
@@ -29,6 +42,9 @@ class MeanFieldGuide(nn.Module):
     amortized = False
     init_scale = INIT_SCALE
     WARM_STARTS = 4
+    local_steps = 0  # --local-steps: refinement steps per minibatch before each SVI step
+    local_lr = 1e-2  # --local-lr
+    local_particles = 1  # reparameterised draws per refinement step
 
     def __init__(self, model, num_data, hidden_dims=()):
         super().__init__()
@@ -71,10 +87,22 @@ class MeanFieldGuide(nn.Module):
     def set_extra_state(self, state):
         self.warm_starts.load(state)
 
+    @torch.no_grad()
+    def refine_rows(self, x, rows):
+        """``local_steps`` Adam steps (``local_lr``) on the rows of the
+        minibatch with the model fixed, written back into the tables."""
+        loc, log_scale = refine(self.model[0], x, self.loc.weight[rows], self.log_scale.weight[rows],
+                                self.local_steps, self.local_lr, self.local_particles)
+        self.loc.weight[rows] = loc
+        self.log_scale.weight[rows] = log_scale
+
     def forward(self, x, idx=None, num_data=None):
         if (num_data or len(x)) != self.num_data:
             raise ValueError(f"meanfield guide has local parameters for {self.num_data} training points, "
                              f"not for a dataset of {num_data or len(x)}; use posterior(x) for new data")
         pyro.module(self.name, self)
+        if self.training and self.local_steps:
+            # before the plate opens: the refinement runs the model's program, which opens its own
+            self.refine_rows(x, idx if idx is not None else torch.arange(len(x), device=x.device))
         with data_plate(x, idx, num_data) as subsample:
             pyro.sample("z", self.local_posterior(subsample))

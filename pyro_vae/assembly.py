@@ -61,8 +61,14 @@ def build(config, data):
         guide_cls = get_guide(config.guide)
     except KeyError as error:
         raise UsageError(error.args[0]) from None
+    if config.local_steps is not None and not hasattr(guide_cls, "local_steps"):
+        raise UsageError(f"--local-steps: guide {guide_cls.name} has no local parameters to refine "
+                         f"(meanfield and semi_amortized have)")
     with doing(f"building guide {guide_cls.name} for {data.num_train} training points"):
         guide = guide_cls(model, data.num_train, config.hidden_dims).to(data.device)
+        if hasattr(guide, "local_steps"):
+            guide.local_lr = config.local_lr
+            guide.local_steps = config.local_steps or guide.local_steps
         if config.bayesian_decoder:
             guide = WithDecoderPosterior(guide, DecoderPosterior(model).to(data.device))
     return model, guide

@@ -69,7 +69,8 @@ class FitConfig:
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3
-    local_lr: float = 1e-2  # per-datapoint parameters (meanfield)
+    local_lr: float = 1e-2  # per-datapoint parameters: meanfield's rows, and refinement steps
+    local_steps: int | None = None  # refinement steps per minibatch / new point (None: the guide's default)
     elbo: str = "trace"
     clip_norm: float | None = None  # clip the global gradient norm of the (dense) parameters
     bayesian_decoder: bool = False  # N(0, I) priors on decoder weights, mean-field q(theta) ("full VB")
@@ -89,6 +90,8 @@ class FitConfig:
             (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
             (0 < self.lr < float("inf"), f"learning rate must be positive, got {self.lr}"),
             (0 < self.local_lr < float("inf"), f"local learning rate must be positive, got {self.local_lr}"),
+            (self.local_steps is None or self.local_steps >= 1,
+             f"local steps must be a positive integer, got {self.local_steps}"),
             (all(h >= 1 for h in self.hidden_dims), f"hidden dims must be positive, got {self.hidden_dims}"),
             (self.elbo in ELBOS, f"elbo must be one of {', '.join(ELBOS)}, got {self.elbo!r}"),
             (self.binarize in (None, *BINARIZE_MODES), f"binarize must be one of {', '.join(BINARIZE_MODES)}"),

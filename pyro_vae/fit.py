@@ -79,7 +79,11 @@ def parser():
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="minibatch size (default %(default)s)")
     p.add_argument("--lr", type=positive_float, default=d.lr, help="Adam learning rate (default %(default)s)")
     p.add_argument("--local-lr", type=positive_float, default=d.local_lr,
-                   help="learning rate of per-datapoint parameters (--guide meanfield) (default %(default)s)")
+                   help="learning rate of per-datapoint parameters and of their refinement steps (--guide "
+                        "meanfield, semi_amortized) (default %(default)s)")
+    p.add_argument("--local-steps", type=positive_int, metavar="K",
+                   help="Adam steps on each minibatch's local posteriors, decoder fixed, before each SVI step "
+                        "(meanfield), or on the encoder's q (semi_amortized) (default: the guide's)")
     p.add_argument("--elbo", choices=sorted(ELBOS), default=d.elbo,
                    help="trace: Trace_ELBO (Monte Carlo); meanfield: TraceMeanField_ELBO (analytic KL) (default %(default)s)")
     p.add_argument("--bayesian-decoder", action="store_true",

@@ -9,6 +9,7 @@ starts from the last answer.
 
 import math
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import pyro.distributions as dist
 import pyro.poutine as poutine
@@ -18,6 +19,42 @@ from pyro_vae.building_blocks import frozen
 from pyro_vae.estimators import log_weights
 
 INIT_SCALE = 0.1
+
+
+@contextmanager
+def fixed_model(model):
+    """Optimise local parameters against ``model`` with its weights fixed:
+    callers may be under no_grad (evaluation) or inside a Pyro trace (a guide
+    program, whose trace must not see the model's sites)."""
+    with frozen(model), torch.enable_grad(), poutine.block():
+        yield
+
+
+def elbo_step(model, x, loc, log_scale, optimizer, num_particles=1, fixed=None):
+    """One optimiser step on (m, log s) up the per-point ELBO
+    E_q[log p(x_i, z_i) - log q(z_i)], estimated with ``num_particles``
+    reparameterised draws; returns the per-point estimate (detached)."""
+    q = dist.Normal(loc, log_scale.exp()).to_event(1)
+    elbo = log_weights(model, q, x, q.rsample((num_particles,)), fixed).mean(0)
+    optimizer.zero_grad()
+    (-elbo.sum()).backward()
+    optimizer.step()
+    return elbo.detach()
+
+
+def refine(model, x, loc, log_scale, steps, lr, num_particles=1, fixed=None):
+    """``steps`` Adam steps on q(z_i) = N(m_i, diag s_i^2), from (``loc``,
+    ``log_scale``), up each point's ELBO with the model fixed: the local
+    optimisation of stochastic VB (Hoffman et al. 2013) and of semi-amortized
+    inference (Kim et al. 2018). Returns the refined (m, log s), detached: no
+    gradient flows back through the refinement."""
+    loc = loc.detach().clone().requires_grad_(True)
+    log_scale = log_scale.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
+    with fixed_model(model):
+        for _ in range(steps):
+            elbo_step(model, x, loc, log_scale, optimizer, num_particles, fixed)
+    return loc.detach(), log_scale.detach()
 
 
 def fit_local_posterior(model, x, num_particles=8, lr=0.05, max_steps=3000, window=50, tol=1e-3, init=None,
@@ -51,15 +88,9 @@ def fit_local_posterior(model, x, num_particles=8, lr=0.05, max_steps=3000, wind
     optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
     history, previous, steps = [], None, 0
     loc_sum, log_scale_sum = torch.zeros_like(loc), torch.zeros_like(log_scale)
-    # the model is fixed; callers may be under no_grad (evaluation) or inside a
-    # Pyro trace (a guide program)
-    with frozen(model), torch.enable_grad(), poutine.block():
+    with fixed_model(model):
         while steps < max_steps:
-            q = dist.Normal(loc, log_scale.exp()).to_event(1)
-            elbo = log_weights(model, q, x, q.rsample((num_particles,)), fixed).mean(0)  # per point
-            optimizer.zero_grad()
-            (-elbo.sum()).backward()
-            optimizer.step()
+            elbo = elbo_step(model, x, loc, log_scale, optimizer, num_particles, fixed)
             steps += 1
             history.append(elbo.mean().item())
             loc_sum += loc.detach()

@@ -25,6 +25,9 @@ def test_bounds_hold_against_the_exact_answer(linear_gaussian_report):
     tolerance = 3 * r["amortization_gap_se"] + 0.01
     assert r["amortized"]["elbo"] <= r["meanfield"]["elbo"] + tolerance
     assert r["meanfield"]["elbo"] <= exact + 0.01
+    # K refinement steps of the encoder's q land between the encoder and q*
+    assert r["amortized"]["elbo"] - tolerance <= r["semi_amortized"]["elbo"] <= r["meanfield"]["elbo"] + tolerance
+    assert r["semi_amortized_closes"][0] > -tolerance and r["semi_amortized"]["steps"] == 20
     # the importance-weighted estimates with the NUTS proposal recover log p(x)
     assert abs(r["nuts"]["log_likelihood"] - exact) < 0.02
 
@@ -47,7 +50,7 @@ def test_outputs(linear_gaussian_report):
     saved = json.loads((out / "report.json").read_text())
     for name in ("amortized", "meanfield", "nuts", "exact", "approximation_gap", "amortization_gap"):
         assert name in saved
-    for name in ("amortized", "meanfield", "nuts"):
+    for name in ("amortized", "semi_amortized", "meanfield", "nuts"):
         idata = az.from_netcdf(out / f"{name}.nc")
         assert idata.posterior["z"].shape[-2:] == (30, 2)
     assert (out / "forest.png").stat().st_size > 0 and (out / "ellipses.png").stat().st_size > 0

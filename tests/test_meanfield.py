@@ -108,3 +108,80 @@ def test_fit_and_evaluate_meanfield_run(tmp_path, capsys):
     results = json.loads((out / "eval.json").read_text())
     assert results["num_examples"] == 20 and results["log_likelihood"] < 0
     assert results["test_time_fit_steps"] >= 100  # the stopping rule needs two windows of 50
+
+
+# ---------------------------------------------------------------- local steps and semi-amortized inference
+
+
+def test_local_steps_reach_the_exact_mean_field_optimum_inside_svi():
+    """SVI with --local-steps on a fixed linear-Gaussian decoder: every row ends
+    at the exact mean-field optimum (exact posterior mean, variance 1 / diag(precision))."""
+    pyro.set_rng_seed(0)
+    model = get_model("linear_gaussian")(data_dim=10, latent_dim=2)
+    with torch.no_grad():
+        model.weight.normal_()
+        x = model.likelihood(torch.randn(64, 2)).sample()
+    model.eval()  # the decoder stays fixed: only the local rows learn
+    for p in model.parameters():
+        p.requires_grad_(False)
+    guide = get_guide("meanfield")(model, num_data=64)
+    guide.local_steps, guide.local_particles = 20, 8
+    for lr, epochs in ((0.05, 40), (0.005, 20)):  # a smaller step at the end: the last iterate jitters by about lr
+        guide.local_lr = lr
+        svi = make_svi(model, guide, lr=1e-3, local_lr=lr)
+        for _ in range(epochs):
+            for idx in torch.randperm(64).split(16):
+                svi.step(x[idx], idx, 64)
+    with torch.no_grad():
+        exact = model.exact_posterior(x)
+        meanfield_var = 1 / torch.diagonal(torch.linalg.inv(exact.covariance_matrix), dim1=-2, dim2=-1)
+        q = guide.local_posterior(torch.arange(64))
+    sd = exact.stddev.mean()
+    assert (q.mean - exact.mean).abs().mean() < 0.1 * sd
+    assert (q.variance / meanfield_var - 1).abs().mean() < 0.15
+
+
+def test_semi_amortized_elbo_climbs_from_the_encoder_to_q_star(linear_gaussian_fit):
+    model, encoder, x = linear_gaussian_fit.model, linear_gaussian_fit.guide, linear_gaussian_fit.data.test_x[:100]
+    semi = get_guide("semi_amortized")(model, 100, (64,))
+    semi.encoder.load_state_dict(encoder.encoder.state_dict())
+    semi.local_lr, semi.local_particles = 0.02, 8
+    pyro.set_rng_seed(2)
+    q_star, _ = fit_local_posterior(model, x, num_particles=16, lr=0.02)
+    elbo_star = mc_elbo(model, q_star, x, 2000).mean()
+    with torch.no_grad():
+        elbo_encoder = mc_elbo(model, encoder.posterior(x), x, 2000).mean()
+    elbos = []
+    for steps in (5, 50, 400):
+        semi.local_steps = steps
+        elbos.append(mc_elbo(model, semi.posterior(x), x, 2000).mean())
+    gap = elbo_star - elbo_encoder
+    assert gap > 0.1  # there is an amortization gap to close
+    assert elbo_encoder - 0.01 <= elbos[0] <= elbos[1] + 0.01 <= elbos[2] + 0.02
+    # K steps close most of it; the rest is the jitter of a constant-step last iterate (about lr)
+    assert elbos[-1] <= elbo_star + 0.01 and elbo_star - elbos[-1] < 0.25 * gap
+
+
+def test_semi_amortized_trains_encoder_and_decoder(tmp_path):
+    result = fit(FitConfig(guide="semi_amortized", local_steps=3, epochs=2, hidden_dims=(16,), out=str(tmp_path / "r"),
+                           evaluation=EvaluationSettings(10, 30)), progress=False, log=lambda *a: None)
+    assert result.metrics[-1]["test_elbo"] > result.metrics[0]["test_elbo"] - 1.0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["local_steps"] == 3
+    evaluate_main([str(tmp_path / "r"), "--iwae-samples", "10", "--max-examples", "20", "--no-progress"])
+    assert json.loads((tmp_path / "r" / "eval.json").read_text())["num_examples"] == 20
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--guide", "meanfield", "--local-steps", "0"], "expected a positive integer"),
+    (["--guide", "meanfield", "--local-steps", "-3"], "expected a positive integer"),
+    (["--guide", "meanfield", "--local-steps", "many"], "expected a positive integer"),
+    (["--guide", "amortized", "--local-steps", "5"], "has no local parameters"),
+])
+def test_local_steps_usage_errors(args, message, tmp_path, capsys):
+    from pyro_vae.fit import main
+
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--epochs", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
