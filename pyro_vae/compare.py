@@ -25,7 +25,8 @@ import torch
 from pyro_vae import plots
 from pyro_vae.assembly import resolve_device
 from pyro_vae.checkpoint import CheckpointError, atomic_path, write_json, write_text
-from pyro_vae.cli import ArgumentParser, UsageError, exit_with, positive_int, report_out_of_memory
+from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, int_list, positive_float, positive_int,
+                          report_out_of_memory)
 from pyro_vae.comparison import METHODS, as_full_gaussian, compare_posteriors, format_report, posterior_idata
 from pyro_vae.config import EvaluationSettings, FitConfig
 from pyro_vae.data import DATASETS, DataError
@@ -66,6 +67,10 @@ def parser():
                          help="learn the decoder on small data with each method instead; compare held-out log p(x)")
     scratch.add_argument("--num-train", type=positive_int, default=1000, help="training points (default %(default)s)")
     scratch.add_argument("--passes", type=positive_int, default=20, help="passes over the data per method (default %(default)s)")
+    scratch.add_argument("--budget", type=positive_float, metavar="SECONDS",
+                         help="train each SVI learner for this much wall time instead of --passes")
+    scratch.add_argument("--hidden-dims", type=int_list, default=(400,), metavar="H[,H...]",
+                         help="hidden layer widths (default 400)")
     scratch.add_argument("--m-steps", type=positive_int, default=20, help="MCEM decoder steps per pass (default %(default)s)")
     scratch.add_argument("--mcem-warmup", type=positive_int, default=30, help="MCEM NUTS warm-up per pass (default %(default)s)")
     scratch.add_argument("--mcem-samples", type=positive_int, default=10, help="MCEM NUTS draws per pass (default %(default)s)")
@@ -117,7 +122,8 @@ def run_compare(args, log=print):
     out = prepare_out(args.out or f"runs/compare-{args.dataset or 'digits'}-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.fit_from_scratch:
         config = FitConfig(dataset=args.dataset or "digits", data_dir=args.data_dir, model=args.model,
-                           latent_dim=args.latent_dim or 3, num_train=args.num_train, seed=args.seed, device="cpu")
+                           latent_dim=args.latent_dim or 3, hidden_dims=args.hidden_dims, num_train=args.num_train,
+                           seed=args.seed, device="cpu")
         return fit_from_scratch(config, args, out, log)
     model, guide, data, run = decoder_and_encoder(args, out, log)
     model.eval()

@@ -87,10 +87,25 @@ def test_fit_from_scratch_compares_three_learners(tmp_path):
                                 str(tmp_path / "s"), "--no-progress"])
     results, out = run_compare(args, log=lambda *a: None)
     scratch = results["fit_from_scratch"]
-    assert set(scratch["final"]) == {"amortized", "meanfield", "mcem"}
+    assert set(scratch["final"]) == {"amortized", "meanfield", "semi_amortized", "mcem"}
     for name, curve in scratch["curves"].items():
         assert [c["pass"] for c in curve][-1] == 3
         assert all(b["seconds"] >= a["seconds"] for a, b in zip(curve, curve[1:]))
         assert all(abs(c["log_likelihood"]) < 1e4 for c in curve)
     assert (out / "scratch_curve.png").stat().st_size > 0
     assert "| mcem |" in (out / "report.md").read_text()
+
+
+def test_fit_from_scratch_under_a_wall_time_budget(tmp_path):
+    """--budget: every SVI learner trains for the same wall time (whole epochs,
+    the last one crossing it); Monte Carlo EM is skipped beyond 5000 points."""
+    args = parser().parse_args(["--fit-from-scratch", "--dataset", "linear_gaussian", "--latent-dim", "2",
+                                "--num-train", "6000", "--budget", "1.5", "--hidden-dims", "16", "--subset", "20",
+                                "--iwae-samples", "20", "--out", str(tmp_path / "s"), "--no-progress"])
+    results, out = run_compare(args, log=lambda *a: None)
+    scratch = results["fit_from_scratch"]
+    assert set(scratch["final"]) == {"amortized", "meanfield", "semi_amortized"}
+    assert any("mcem skipped" in note for note in scratch["notes"])
+    for curve in scratch["curves"].values():
+        assert curve[-1]["seconds"] >= 1.5 and all(c["seconds"] < 1.5 for c in curve[:-1])
+    assert "mcem skipped" in (out / "report.md").read_text()
