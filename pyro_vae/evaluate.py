@@ -13,12 +13,21 @@ Writes ``RUN_DIR/eval.json`` and prints a short table, in nats per example
   log p(z) (one-sample estimates, so elbo = reconstruction - kl);
 - ``active_units``: latent dimensions whose variance over x of E_q[z | x]
   exceeds 0.01 (Burda et al. 2015);
-- for models with a closed-form marginal (``linear_gaussian``): ``exact_log_likelihood``.
+- for models with a closed-form marginal (``linear_gaussian``): ``exact_log_likelihood``;
+- with ``--estimator ais``, beside those: ``ais``, annealed importance
+  sampling's log p(x) per example (log-mean-exp over ``--ais-chains``
+  chains through ``--ais-steps`` distributions from the prior, or from the
+  run's q(z | x) with ``--ais-start q``), its mean and standard error over
+  examples, acceptance rate and seconds (``pyro_vae.ais``);
+- with ``--bdmc``: ``bdmc``, bidirectional Monte Carlo on data simulated from
+  the model: the forward-AIS lower bound, the reverse-AIS upper bound and
+  their width, which certifies forward AIS for this model and schedule.
 """
 
 import pyro
 import torch
 
+from pyro_vae import ais
 from pyro_vae.assembly import resolve_device
 from pyro_vae.checkpoint import CheckpointError, write_json
 from pyro_vae.cli import ArgumentParser, UsageError, exit_with, positive_int, report_out_of_memory
@@ -37,6 +46,15 @@ def format_table(results):
             lines.append(f"{label:34}{results[key]:>14.3f}{results[key + '_se']:>10.3f}")
     lines.append(f"{'log p(x) - ELBO':34}{results['log_likelihood_minus_elbo']:>14.3f}")
     lines.append(f"{'active units':34}{results['active_units']:>14d} of {len(results['latent_variances'])}")
+    if "ais" in results:
+        a = results["ais"]
+        lines.append(f"{'log p(x), AIS':34}{a['log_likelihood']:>14.3f}{a['log_likelihood_se']:>10.3f}"
+                     f"   ({a['chains']} chains x {a['steps']} steps from the {a['start']}, "
+                     f"acceptance {a['acceptance']:.2f}, {a['seconds']:.0f}s)")
+    if "bdmc" in results:
+        b = results["bdmc"]
+        lines.append(f"{'BDMC on simulated data':34}lower {b['lower']:.3f}, upper {b['upper']:.3f}, width "
+                     f"{b['width']:.3f} ({b['points']} points)")
     lines.append(f"({results['num_examples']} examples, K = {results['iwae_samples']} importance samples)")
     return "\n".join(lines)
 
@@ -49,6 +67,18 @@ def parser():
     p.add_argument("--split", choices=("test", "train"), default="test", help="which split (default %(default)s)")
     p.add_argument("--max-examples", type=positive_int, metavar="N", help="evaluate the first N examples only")
     p.add_argument("--batch-size", type=positive_int, default=100, help="examples per batch (default %(default)s)")
+    p.add_argument("--estimator", choices=("iwae", "ais"), default="iwae",
+                   help="iwae: importance sampling with the run's q; ais: annealed importance sampling too "
+                        "(default %(default)s)")
+    p.add_argument("--ais-steps", type=positive_int, default=ais.DEFAULT_STEPS, metavar="T",
+                   help="AIS intermediate distributions (default %(default)s)")
+    p.add_argument("--ais-chains", type=positive_int, default=ais.DEFAULT_CHAINS, metavar="K",
+                   help="AIS chains per example (default %(default)s)")
+    p.add_argument("--ais-start", choices=("prior", "q"), default="prior",
+                   help="AIS starts from the prior p(z) or from the run's q(z | x) (default %(default)s)")
+    p.add_argument("--bdmc", action="store_true",
+                   help="bound log p(x) from both sides on data simulated from the model (forward and reverse "
+                        "AIS, the AIS settings above, --max-examples points, default 100)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -71,6 +101,23 @@ def examples_and_proposal(run, split, max_examples):
     return x, (lambda xb: guide.posterior(xb, fixed=fixed)), False, fixed
 
 
+def ais_summary(result, start):
+    return {"log_likelihood": result.mean, "log_likelihood_se": result.se, "steps": result.steps,
+            "chains": result.chains, "start": start, "acceptance": float(result.acceptance.mean()),
+            "seconds": result.seconds, "per_example": result.log_likelihood.tolist()}
+
+
+def bdmc_summary(run, args, fixed):
+    try:
+        result = ais.bdmc(run.model, args.max_examples or 100, args.ais_steps, args.ais_chains, fixed=fixed,
+                          seed=args.seed, progress=args.progress)
+    except ValueError as error:
+        raise UsageError(f"--bdmc: {error}") from None
+    return {"lower": result.lower, "upper": result.upper, "width": result.width, "points": len(result.x),
+            "steps": args.ais_steps, "chains": args.ais_chains,
+            "seconds": result.forward.seconds + result.reverse.seconds}
+
+
 def run_evaluate(args):
     run = load_run(args.run_dir, resolve_device(args.device))
     pyro.set_rng_seed(args.seed)
@@ -79,6 +126,13 @@ def run_evaluate(args):
     results.update(split=args.split, seed=args.seed, run_dir=str(args.run_dir))
     if getattr(run.guide, "last_fit_steps", None) is not None:  # q fitted per point at test time
         results["test_time_fit_steps"] = run.guide.last_fit_steps
+    if args.estimator == "ais":
+        start = "prior" if args.ais_start == "prior" else (lambda xb: run.guide.posterior(xb, fixed=fixed))
+        result = ais.ais_log_likelihood(run.model, x, args.ais_steps, args.ais_chains, start, fixed, seed=args.seed,
+                                        progress=args.progress)
+        results["ais"] = ais_summary(result, args.ais_start)
+    if args.bdmc:
+        results["bdmc"] = bdmc_summary(run, args, fixed)
     write_json(f"{args.run_dir}/eval.json", results)
     return results
 

@@ -11,6 +11,7 @@ from conftest import fit_linear_gaussian
 from pyro_vae.estimators import active_units, elbo_terms, evaluate, log_likelihood
 from pyro_vae.evaluate import main
 from pyro_vae.models.linear_gaussian import LinearGaussian
+from pyro_vae.registry import register_model
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +150,52 @@ def test_evaluate_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and "positive integer" in err
     code, err = _exit([str(tmp_path), "--device", "bernoulli_mlp"], capsys)  # found by the fuzzing test
     assert code == 2 and "not a device" in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_estimator_ais_and_bdmc_against_the_exact_answer(trained, capsys):
+    main([str(trained.out), "--estimator", "ais", "--ais-start", "q", "--ais-steps", "100", "--ais-chains", "8",
+          "--max-examples", "30",
+          "--iwae-samples", "200", "--bdmc", "--no-progress"])
+    results = json.loads((trained.out / "eval.json").read_text())
+    assert abs(results["ais"]["log_likelihood"] - results["exact_log_likelihood"]) < 0.05
+    assert len(results["ais"]["per_example"]) == 30 and results["ais"]["log_likelihood_se"] > 0
+    # from the prior in 100 steps the bracket is loose on this peaked posterior; tests/test_ais.py checks its exactness
+    assert results["bdmc"]["lower"] <= results["bdmc"]["upper"] + 1e-3 and results["bdmc"]["width"] < 1.0
+    assert "log p(x), AIS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ais-steps", "0"], "expected a positive integer"),
+    (["--ais-chains", "0"], "expected a positive integer"),
+    (["--estimator", "nonesuch"], "invalid choice"),
+])
+def test_evaluate_ais_usage_errors(trained, args, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([str(trained.out), *args])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+class Unsampleable(dist.Normal):
+    def sample(self, sample_shape=torch.Size()):
+        raise NotImplementedError
+
+
+@register_model("unsampleable_linear_gaussian_test")
+class UnsampleableLinearGaussian(LinearGaussian):
+    """A likelihood with a density but no sampler: BDMC cannot simulate data from it."""
+
+    def likelihood(self, z):
+        return Unsampleable(z @ self.weight.T + self.bias, self.noise).to_event(1)
+
+
+def test_bdmc_on_a_model_that_cannot_simulate_is_a_usage_error(tmp_path, capsys):
+    from pyro_vae.fit import FitConfig, fit
+
+    fit(FitConfig(dataset="linear_gaussian", model="unsampleable_linear_gaussian_test", epochs=1,
+                  out=str(tmp_path / "run")), progress=False, log=lambda *a: None)
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / "run"), "--bdmc", "--ais-steps", "5", "--ais-chains", "2", "--max-examples", "5",
+              "--iwae-samples", "5", "--no-progress"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "cannot simulate" in err and len(err.strip().splitlines()) == 1
