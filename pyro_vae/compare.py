@@ -57,6 +57,10 @@ def parser():
     p.add_argument("--elbo-samples", type=positive_int, default=200, help="draws per point for ELBOs (default %(default)s)")
     p.add_argument("--refine-steps", type=positive_int, default=20, metavar="K",
                    help="Adam steps refining the encoder's q, decoder fixed: the semi_amortized row (default %(default)s)")
+    p.add_argument("--ais-steps", type=positive_int, metavar="T",
+                   help="log p(x) of the gaps by AIS with T distributions from the NUTS proposal (default: "
+                        "importance sampling with that proposal)")
+    p.add_argument("--ais-chains", type=positive_int, default=16, metavar="K", help="AIS chains (default %(default)s)")
     p.add_argument("--chains", type=positive_int, default=CHAINS, help="NUTS chains (default %(default)s)")
     p.add_argument("--warmup", type=positive_int, default=WARMUP, help="NUTS warm-up steps (default %(default)s)")
     p.add_argument("--samples", type=positive_int, default=SAMPLES, help="NUTS draws per chain (default %(default)s)")
@@ -135,7 +139,7 @@ def run_compare(args, log=print):
     log(f"comparing encoder, mean-field and NUTS posteriors on {len(x)} held-out points")
     results, posteriors, draws, nuts_idata = compare_posteriors(
         model, guide, x, args.iwae_samples, args.elbo_samples, args.chains, args.warmup, args.samples, args.seed,
-        args.progress, fixed, args.refine_steps)
+        args.progress, fixed, args.refine_steps, args.ais_steps, args.ais_chains)
     results.update(dataset=data.name, run=str(run), latent_dim=model.latent_dim, notes=[])
     save_outputs(out, results, posteriors, draws, nuts_idata, model, x, data.image_shape, fixed)
     report = format_report(results, data.name, run)

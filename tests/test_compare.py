@@ -109,3 +109,15 @@ def test_fit_from_scratch_under_a_wall_time_budget(tmp_path):
     for curve in scratch["curves"].values():
         assert curve[-1]["seconds"] >= 1.5 and all(c["seconds"] < 1.5 for c in curve[:-1])
     assert "mcem skipped" in (out / "report.md").read_text()
+
+
+def test_gaps_by_ais_match_the_exact_gap(tmp_path):
+    args = parser().parse_args(["--dataset", "linear_gaussian", "--epochs", "30", "--out", str(tmp_path / "a"),
+                                "--subset", "20", "--chains", "2", "--warmup", "200", "--samples", "200",
+                                "--iwae-samples", "100", "--elbo-samples", "400", "--ais-steps", "50",
+                                "--ais-chains", "4", "--no-progress"])
+    r, out = run_compare(args, log=lambda *a: None)
+    assert r["log_likelihood_for_gaps"].startswith("AIS, 4 chains x 50 steps")
+    assert abs(r["ais"]["log_likelihood"] - r["exact"]["log_likelihood"]) < 0.05
+    assert abs(r["approximation_gap"] - r["exact_approximation_gap"]) < 0.05
+    assert "AIS: log p(x)" in (out / "report.md").read_text()
