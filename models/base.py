@@ -24,8 +24,10 @@ class LatentVariableModel(nn.Module):
     weight tensor, drawn once per run of the model and outside the data plate,
     so the ELBO counts KL(q(theta) || p(theta)) once per estimate of the
     full-data bound (once per epoch's worth of data, not once per minibatch).
-    Setting ``decoder_values`` (a dict of tensors) fixes theta instead, e.g. to
-    the posterior mean for evaluation.
+    Conditioning those sites (``poutine.condition``; ``density.plug_in_values``
+    gives E_q[theta]) fixes theta, e.g. to the posterior mean for evaluation.
+    ``decoder_values`` holds this run's draw while the program runs; nothing
+    outside the program sets it.
 
     Constructor arguments are the same for every model, so the command line
     and checkpoints can rebuild any of them: ``data_dim``, ``latent_dim`` and
@@ -69,7 +71,7 @@ class LatentVariableModel(nn.Module):
     @contextmanager
     def _weights(self):
         """Register point-estimate weights, or draw theta ~ p(theta) for this run."""
-        if not self.bayesian_decoder or self.decoder_values is not None:
+        if not self.bayesian_decoder:
             pyro.module(self.name, self)
             yield
             return
