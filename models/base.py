@@ -69,8 +69,10 @@ class LatentVariableModel(nn.Module):
                 for name, p in self.decoder.named_parameters()}
 
     @contextmanager
-    def _weights(self):
-        """Register point-estimate weights, or draw theta ~ p(theta) for this run."""
+    def weights(self):
+        """Register point-estimate weights, or draw theta ~ p(theta) for this run.
+        A model that overrides ``forward`` opens this around its program, as
+        :meth:`forward` does, so that ``--bayesian-decoder`` reaches it."""
         if not self.bayesian_decoder:
             pyro.module(self.name, self)
             yield
@@ -84,6 +86,6 @@ class LatentVariableModel(nn.Module):
 
     def forward(self, x, idx=None, num_data=None):
         """The Pyro model: z_i ~ p(z), x_i ~ p(x | z_i) for the rows ``idx``."""
-        with self._weights(), data_plate(x, idx, num_data):
+        with self.weights(), data_plate(x, idx, num_data):
             z = pyro.sample("z", self.prior(x))
             pyro.sample("x", self.likelihood(z), obs=x)
