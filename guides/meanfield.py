@@ -42,8 +42,10 @@ class MeanFieldGuide(nn.Module):
     amortized = False
     init_scale = INIT_SCALE
     WARM_STARTS = 4
-    local_steps = 0  # --local-steps: refinement steps per minibatch before each SVI step
-    local_lr = 1e-2  # --local-lr
+    # --local-steps, --local-lr: 5 steps at 0.1 took MNIST's 3-epoch training ELBO from about -255
+    # (5 at 0.01) and -285 (none, last round) to about -200 (README, "local steps")
+    local_steps = 5
+    local_lr = 0.1
     local_particles = 1  # reparameterised draws per refinement step
 
     def __init__(self, model, num_data, hidden_dims=()):

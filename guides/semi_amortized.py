@@ -29,7 +29,7 @@ class SemiAmortizedGuide(AmortizedGuide):
     """
 
     local_steps = 10
-    local_lr = 1e-2
+    local_lr = 0.1
     local_particles = 1  # draws per refinement step (see MeanFieldGuide)
 
     def refined(self, x, q0, fixed=None):

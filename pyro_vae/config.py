@@ -69,7 +69,7 @@ class FitConfig:
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3
-    local_lr: float = 1e-2  # per-datapoint parameters: meanfield's rows, and refinement steps
+    local_lr: float = 0.1  # per-datapoint parameters: meanfield's rows, and refinement steps
     local_steps: int | None = None  # refinement steps per minibatch / new point (None: the guide's default)
     elbo: str = "trace"
     clip_norm: float | None = None  # clip the global gradient norm of the (dense) parameters
