@@ -174,7 +174,8 @@ def test_killed_process_resumes_to_the_same_result(tmp_path, how):
     state = load_checkpoint(out / "checkpoint.pt")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] \
         if (out / "metrics.jsonl").exists() else []
-    assert [m["epoch"] for m in metrics] == list(range(1, state["epoch"] + 1)) and state["epoch"] < 12
+    # (a kill can land after the last epoch's checkpoint, while the figures are drawn)
+    assert [m["epoch"] for m in metrics] == list(range(1, state["epoch"] + 1))
     assert json.loads((out / "config.json").read_text())["epochs"] == 12
     resumed = subprocess.run([sys.executable, "-m", "pyro_vae.fit", "--resume", str(out), "--no-progress"],
                              capture_output=True, text=True, timeout=600)
