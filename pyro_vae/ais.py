@@ -1,38 +1,37 @@
 """Annealed importance sampling (AIS) and bidirectional Monte Carlo (BDMC) for log p(x).
 
-AIS (Neal 2001; for decoders, Wu, Burda, Salakhutdinov & Grosse 2017) moves
-K chains per point through p_t(z) ∝ p0(z)^(1-β_t) p(x, z)^β_t, with
-0 = β_0 < β_1 < ... < β_T = 1 (T = ``steps``), from a normalised start p0:
-the prior p(z) (then p_t ∝ p(z) p(x | z)^β_t) or a proposal q(z | x). With
-z_0 ~ p0 and z_t drawn by a transition that leaves p_t invariant,
+AIS (Neal 2001; for decoders Wu, Burda, Salakhutdinov & Grosse 2017) moves K chains per point through
+p_t(z) ∝ p0(z)^(1-β_t) p(x, z)^β_t, 0 = β_0 < ... < β_T = 1 (T = ``steps``), from a normalised p0: the
+prior p(z) (then p_t ∝ p(z) p(x | z)^β_t) or a proposal q(z | x). With z_0 ~ p0 and each z_t drawn by a
+transition that leaves p_t invariant,
 
     log w = sum_{t=1..T} (β_t - β_{t-1}) [log p(x, z_{t-1}) - log p0(z_{t-1})],   E[w] = p(x),
 
-and the estimate log (1/K) sum_k w_k is a stochastic lower bound:
-E[log (1/K) sum_k w_k] <= log p(x) by Jensen, and the gap closes as T grows.
+so log (1/K) sum_k w_k is a stochastic lower bound (expectation <= log p(x), by Jensen), tightening as T grows.
 
-BDMC (Grosse, Ghahramani & Adams 2015) brackets log p(x) on data simulated
-from the model: (z, x) ~ p(z) p(x | z) makes z an exact draw from p(z | x),
-and AIS run backwards from it (β from 1 to 0) has weights w_rev with
-E[w_rev] = p0-normaliser / p(x) = 1/p(x). Jensen again gives
-E[log (1/K) sum_k w_rev,k] <= -log p(x), so -log (1/K) sum_k w_rev,k is a
-stochastic upper bound. Both bounds hold in expectation for every T; the
-width upper - lower bounds the error of the forward estimate on such data.
+BDMC (Grosse, Ghahramani & Adams 2015), on data simulated from the model: (z, x) ~ p(z) p(x | z) makes z an
+exact draw from p(z | x); AIS run backwards from it (β from 1 to 0) has E[w_rev] = Z_0 / p(x) = 1/p(x), so
+E[log (1/K) sum_k w_rev,k] <= -log p(x) and -log (1/K) sum_k w_rev,k is a stochastic upper bound. The gap
+between the bounds bounds the forward estimate's error on such data (in expectation).
 
-Transitions are HMC with ``leapfrog_steps`` leapfrog steps, identity metric,
-a Metropolis test, and one step size per (chain, point) adapted after every
-transition as in Wu et al.'s code: times 1.02 while a running average
-(weight 0.9) of the acceptance probability is above 0.65, else times 0.98,
-kept within [1e-4, 0.5]. The decoder is fixed, so p_t factorises over points:
-each (chain, point) pair, a "row", is an independent AIS run with its own
-accept/reject and step size (a test over all N points at once would accept
-ever less often as N grows). Each transition is one recorded graph; its
-inputs include β, so one recording serves every temperature.
+Transitions: HMC with ``leapfrog_steps`` leapfrog steps, identity metric, a Metropolis test. The decoder is
+fixed, so p_t factorises over points: each (chain, point) pair, a "row", is an independent run with its own
+test (one test over all N points would accept ever less often as N grows). A point's step size adapts as in
+Wu et al.'s code (x 1.02 while a running average, weight 0.9, of the acceptance probability is above 0.65,
+else x 0.98, within [1e-4, 0.5]) from Stan's heuristic at β_1, and every transition each row draws its step
+from U(0.5, 1.5) x that: with a fixed step trajectories can come back near their start (jitter halved the
+spread of log w on the pPCA tests, and gained 1-2 nats on an MNIST-sized decoder). Wu et al. adapt each chain
+on its own acceptance, so its kernel depends on its own past and need not leave p_t invariant; here one extra
+pilot chain per point drives the adaptation and its weights are dropped: given the pilot, each kept chain
+sees p_t-invariant kernels and its weight is exactly unbiased (cost: 1/K more rows). BDMC's reverse runs
+follow the forward run's step sizes, which depend on x only, never on the exact draw z. A trajectory is one
+recorded graph with β among its inputs: one recording serves every temperature.
 """
 
 import math
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -44,25 +43,24 @@ from tqdm import tqdm
 from pyro_vae.building_blocks import frozen
 from pyro_vae.density import LATENT, log_joint_terms, observation
 from pyro_vae.estimators import mean_and_se
-from pyro_vae.nuts_sampler import identity_metric, kinetic_energy, per_chain, sample_momentum, select, velocity
+from pyro_vae.nuts_sampler import Kernel, Leapfrog, NUTSState, dot, identity_metric, initial_step_size, per_chain, select
 
-TARGET_ACCEPT = 0.65  # optimal for HMC in high dimensions (Beskos et al. 2013), Wu et al.'s target
-STEP_GROW, STEP_SHRINK, STEP_MIN, STEP_MAX = 1.02, 0.98, 1e-4, 0.5
-ACCEPT_SMOOTHING = 0.9
-INITIAL_STEP = 0.05
-SIGMOID_RADIUS = 4.0  # δ of Grosse et al.'s sigmoid schedule
+TARGET_ACCEPT = 0.65  # optimal for HMC in high dimension (Beskos et al. 2013); Wu et al.'s target
+STEP_GROW, STEP_SHRINK, STEP_MIN, STEP_MAX, ACCEPT_SMOOTHING = 1.02, 0.98, 1e-4, 0.5, 0.9
+STEP_JITTER = 0.5
+SIGMOID_RADIUS = 4.0  # δ of the sigmoid schedule
+# 100 MNIST points (L = 50, hidden 400) take about 2 minutes with these on 2 CPU cores
 DEFAULT_STEPS, DEFAULT_CHAINS = 500, 16
 
 
-def schedule(steps, kind="sigmoid"):
-    """β_0 = 0 < ... < β_T = 1, T = ``steps``, float64. ``sigmoid`` (Grosse et
-    al. 2015, used by Wu et al. 2017): β_t = (σ(δ(2t/T - 1)) - σ(-δ)) /
-    (σ(δ) - σ(-δ)), δ = 4, dense at both ends where p_t changes fastest;
-    ``linear``; ``geometric``: 0 then 10^-4 ... 1 evenly in log β."""
+def annealing_schedule(steps, kind="sigmoid"):
+    """β_0 = 0 < ... < β_T = 1, T = ``steps``, float64. ``sigmoid`` (Grosse et al. 2015, as used by Wu et
+    al. 2017): β_t = (σ(δ(2t/T - 1)) - σ(-δ)) / (σ(δ) - σ(-δ)), δ = 4, dense at both ends, where p_t
+    changes fastest; ``linear``; ``geometric``: 0, then 10^-4 ... 1 evenly spaced in log β."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, not {steps}")
     t = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-    if kind == "linear" or steps == 1:
+    if kind == "linear" or (steps == 1 and kind in ("sigmoid", "geometric")):
         return t
     if kind == "sigmoid":
         s = torch.sigmoid(SIGMOID_RADIUS * (2 * t - 1))
@@ -73,7 +71,7 @@ def schedule(steps, kind="sigmoid"):
 
 
 class _State(NamedTuple):
-    """Every row's position (rows, 1, L), log p0 and log p(x, z) - log p0 (rows,), and their gradients."""
+    """Each row's z (rows, 1, L), log p0 and log ratio = log p(x, z) - log p0 (rows,), their gradients."""
 
     z: torch.Tensor
     log_p0: torch.Tensor
@@ -83,10 +81,8 @@ class _State(NamedTuple):
 
 
 def _target_terms(model, x_rows, fixed, proposal, shape):
-    """z (rows, 1, L) -> (log p0, log p(x, z) - log p0, and their gradients).
-    Rows are (chain, point) pairs in the order chain * N + point, as
-    ``x_rows`` = x repeated per chain. Kept apart, not summed at one β, so a
-    new temperature needs no new gradient: grad log p_t = g0 + β g1."""
+    """z (rows, 1, L) -> (log p0, log ratio, their gradients), rows ordered chain * N + point as ``x_rows``.
+    Kept apart, not summed at one β, so a new β needs no new gradient: grad log p_t = g0 + β g1."""
     chains, n_points, dim = shape
 
     def terms(z):
@@ -107,40 +103,38 @@ def _target_terms(model, x_rows, fixed, proposal, shape):
 
 
 class _Trajectory(torch.nn.Module):
-    """``leapfrog_steps`` leapfrog steps of per-row size ``step`` on log p_t =
-    log p0 + β log ratio, β a 0-d tensor. nuts_sampler's ``Leapfrog`` takes
-    one gradient; this carries the two terms of the tempered one, and unrolls
-    the steps so a whole trajectory is one recorded call."""
+    """``leapfrog_steps`` leapfrog steps of per-row size ``step`` on log p_t = log p0 + β log ratio, β a
+    0-d tensor, M = I. Unlike nuts_sampler's ``Leapfrog`` (one gradient, a dense metric) it carries the two
+    gradient terms, unrolls the steps into one recorded call, and moves z by r itself: ``velocity``'s
+    product with (rows, 1, L, L) identity blocks took 13% of an MNIST-sized step."""
 
     def __init__(self, terms, leapfrog_steps):
         super().__init__()
         self.terms = terms
         self.leapfrog_steps = leapfrog_steps
 
-    def forward(self, z, r, grad_p0, grad_ratio, step, beta, inverse_mass):
+    def forward(self, z, r, grad_p0, grad_ratio, step, beta):
         step = per_chain(step, z)
         log_p0 = log_ratio = None
         for _ in range(self.leapfrog_steps):
             r = r + 0.5 * step * (grad_p0 + beta * grad_ratio)
-            z = z + step * velocity(r, inverse_mass)
+            z = z + step * r
             log_p0, log_ratio, grad_p0, grad_ratio = self.terms(z)
             r = r + 0.5 * step * (grad_p0 + beta * grad_ratio)
-        return z, log_p0, log_ratio, grad_p0, grad_ratio, kinetic_energy(r, inverse_mass)
+        return z, log_p0, log_ratio, grad_p0, grad_ratio, 0.5 * dot(r, r)
 
 
 def _record(trajectory, z):
-    """``trajectory`` recorded once with torch.jit.trace and frozen, as
-    ``nuts_sampler.compile_leapfrog`` does: checked against the Python at a
-    second point (other z, momenta, step and β); where recording fails or
-    disagrees, the Python runs, with a warning."""
+    """``trajectory`` recorded once with torch.jit.trace and frozen, as ``nuts_sampler.compile_leapfrog``
+    does, and checked against the Python at a second point (other z, momenta, step and β); where recording
+    fails or disagrees, the Python runs, with a warning."""
     trajectory = trajectory.eval()
-    eye = identity_metric(z).inverse_mass
     step, beta, zeros = torch.full(z.shape[:1], 0.05, dtype=z.dtype, device=z.device), z.new_tensor(0.5), 0 * z
-    example = (z, torch.cos(3 * z), zeros, zeros, step, beta, eye)
-    check = (z + 0.1, torch.sin(2 * z), torch.cos(z), torch.sin(z), 0.5 * step, 0.5 * beta, eye)
+    example = (z, torch.cos(3 * z), zeros, zeros, step, beta)
+    check = (z + 0.1, torch.sin(2 * z), torch.cos(z), torch.sin(z), 0.5 * step, 0.5 * beta)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch >= 2.9 marks torch.jit deprecated; the tracer's own notes
+            warnings.simplefilter("ignore")  # torch >= 2.9 marks torch.jit deprecated; the tracer's notes
             traced = torch.jit.freeze(torch.jit.trace(trajectory, example, check_trace=False))
             agree = all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(traced(*check), trajectory(*check)))
         reason = "the recording disagrees with the Python"
@@ -149,140 +143,169 @@ def _record(trajectory, z):
     if agree:
         return traced
     warnings.warn(f"AIS runs the model's Python at every step (slower): torch.jit.trace could not record it "
-                  f"({reason})", stacklevel=4)
+                  f"({reason})", stacklevel=5)
     return trajectory
 
 
-def _hmc(trajectory, state, beta, step, metric, generator):
-    """One HMC transition leaving p_t (at ``beta``) invariant, row by row.
-    Returns the new state and each row's acceptance probability."""
-    r = sample_momentum(metric, generator)
+def _hmc(trajectory, state, beta, step, generator):
+    """One HMC transition leaving p_t invariant, row by row: r ~ N(0, I), a trajectory, a Metropolis test
+    on H = -log p_t(z) + |r|^2 / 2. Returns the new state and each row's acceptance probability."""
+    r = torch.randn(state.z.shape, generator=generator, dtype=state.z.dtype, device=state.z.device)
     z, log_p0, log_ratio, grad_p0, grad_ratio, kinetic = trajectory(
-        state.z, r, state.grad_p0, state.grad_ratio, step, beta, metric.inverse_mass)
-    energy0 = kinetic_energy(r, metric.inverse_mass) - state.log_p0 - beta * state.log_ratio
+        state.z, r, state.grad_p0, state.grad_ratio, step, beta)
+    energy0 = 0.5 * dot(r, r) - state.log_p0 - beta * state.log_ratio
     energy1 = kinetic - log_p0 - beta * log_ratio
     log_accept = torch.nan_to_num(energy0 - energy1, nan=-math.inf).clamp(max=0)  # a NaN proposal is rejected
     accept = torch.rand(step.shape, generator=generator, dtype=step.dtype, device=step.device).log() < log_accept
     return _State(*select(accept, (z, log_p0, log_ratio, grad_p0, grad_ratio), state)), log_accept.exp()
 
 
-def _anneal(trajectory, state, betas, generator, bar):
-    """Run every row along ``betas`` (a list; ascending for forward AIS,
-    descending for reverse): the weight increment at z_{t-1}, then a
-    transition at β_t. None at β_T: it would not change the weights.
-    Returns (log weights (rows,) float64, mean acceptance probability (rows,))."""
-    metric = identity_metric(state.z)
-    step = torch.full_like(state.log_p0, INITIAL_STEP)
-    running = torch.full_like(step, TARGET_ACCEPT)
-    log_w = torch.zeros_like(step, dtype=torch.float64)
+def _initial_step(terms, state, beta, generator):
+    """Per row, Stan's heuristic (``nuts_sampler.initial_step_size``) at temperature ``beta``: double or
+    halve from 0.05 until one leapfrog step's acceptance crosses 0.8."""
+
+    def log_density(z):
+        log_p0, log_ratio, grad_p0, grad_ratio = terms(z)
+        return log_p0 + beta * log_ratio, grad_p0 + beta * grad_ratio
+
+    start = NUTSState(state.z, state.log_p0 + beta * state.log_ratio, state.grad_p0 + beta * state.grad_ratio)
+    kernel = Kernel(Leapfrog(log_density), None, generator, 0)
+    step = initial_step_size(kernel, start, torch.full_like(start.log_p, 0.05), identity_metric(state.z))
+    return step.clamp(STEP_MIN, STEP_MAX)
+
+
+def _anneal(trajectory, state, betas, steps, generator, bar):
+    """Every row along ``betas`` (ascending: forward AIS; descending: reverse): the weight increment at
+    z_{t-1}, then a transition at β_t (none at β_T: it would not change the weights). ``steps``: per point,
+    (T - 1, N) to follow, or (N,) to adapt from on the pilot, the last N rows. Returns log weights (rows,)
+    in float64, mean acceptance (rows,) and the step sizes used (T - 1, N)."""
+    adapt, n_points = steps.dim() == 1, steps.shape[-1]
+    step, running, used = steps, torch.full_like(steps[..., :1], TARGET_ACCEPT), []
+    log_w = torch.zeros_like(state.log_p0, dtype=torch.float64)
     accept_sum = torch.zeros_like(log_w)
     for t in range(1, len(betas)):
         log_w += (betas[t] - betas[t - 1]) * state.log_ratio.double()
         if t < len(betas) - 1:
-            state, accept = _hmc(trajectory, state, state.z.new_tensor(betas[t]), step, metric, generator)
+            step = step if adapt else steps[t - 1]
+            used.append(step)
+            uniform = torch.rand(len(state.z), generator=generator, dtype=step.dtype, device=step.device)
+            row_step = step.repeat(len(state.z) // n_points) * (1 + STEP_JITTER * (2 * uniform - 1))
+            state, accept = _hmc(trajectory, state, state.z.new_tensor(betas[t]), row_step, generator)
             accept_sum += accept
-            running = ACCEPT_SMOOTHING * running + (1 - ACCEPT_SMOOTHING) * accept
-            step = torch.where(running > TARGET_ACCEPT, step * STEP_GROW, step * STEP_SHRINK).clamp(STEP_MIN, STEP_MAX)
+            if adapt:
+                running = ACCEPT_SMOOTHING * running + (1 - ACCEPT_SMOOTHING) * accept[-n_points:]
+                step = torch.where(running > TARGET_ACCEPT, step * STEP_GROW, step * STEP_SHRINK)
+                step = step.clamp(STEP_MIN, STEP_MAX)
         bar.update()
-    return log_w, accept_sum / max(len(betas) - 2, 1)
+    used = torch.stack(used) if used else state.z.new_zeros(0, n_points)
+    return log_w, accept_sum / max(len(betas) - 2, 1), used
+
+
+@contextmanager
+def _seeded(seed, device):
+    """The global RNG, which Pyro's and torch's samplers use, seeded inside and restored after."""
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        if cuda:
+            torch.cuda.default_generators[device.index if device.index is not None
+                                          else torch.cuda.current_device()].manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)
+        yield
 
 
 def _prior_draws(model, x, fixed):
-    """z ~ p(z), one per row of ``x``, by running the model's program with its latent free."""
+    """z ~ p(z), one per row of ``x``, from the model's program with its latent left free."""
     with pyro.validation_enabled(False):
         return poutine.trace(poutine.condition(model, data=dict(fixed or {}))).get_trace(x).nodes[LATENT]["value"]
 
 
-def _run_batch(model, x, betas, chains, start, fixed, leapfrog_steps, generator, exact_z, bar):
-    """AIS on one batch of points: log weights (chains, N) and acceptance (N,).
-    Starts at ``exact_z`` (N, L) in every chain if given (reverse AIS), else at p0."""
+def _run_batch(model, x, betas, options, generator, bar, exact_z=None, steps=None):
+    """AIS on one batch of points, from ``exact_z`` (N, L) in every chain if given (reverse AIS), else from
+    p0. With ``steps`` (T - 1, N) the step sizes are followed, else adapted on a pilot chain. Returns log
+    weights (chains, N), acceptance (N,) and step sizes (T - 1, N)."""
+    chains, start, fixed, leapfrog_steps = options
     n_points, dim = len(x), model.latent_dim
-    x_rows = x.repeat(chains, *[1] * (x.dim() - 1))
+    copies = chains + (steps is None)  # the pilot is the last copy
+    x_rows = x.repeat(copies, *[1] * (x.dim() - 1))
     proposal = None if start == "prior" else start(x)
     if exact_z is not None:
-        z = exact_z.repeat(chains, 1)
+        z = exact_z.repeat(copies, 1)
     elif proposal is None:
         z = _prior_draws(model, x_rows, fixed)
     else:
-        z = proposal.sample((chains,))
-    z = z.to(x.dtype).reshape(-1, 1, dim)  # a row per (chain, point): the leapfrog's "chains"
-    terms = _target_terms(model, x_rows, fixed, proposal, (chains, n_points, dim))
+        z = proposal.sample((copies,))
+    z = z.to(x.dtype).reshape(-1, 1, dim)  # a row per (chain, point): the "chains" of nuts_sampler's helpers
+    terms = _target_terms(model, x_rows, fixed, proposal, (copies, n_points, dim))
     state = _State(z, *terms(z))
     if not torch.isfinite(state.log_p0 + state.log_ratio).all():
         raise ValueError("log p(x, z) or log p0(z) is not finite where AIS starts")
-    trajectory = _record(_Trajectory(terms, leapfrog_steps), z)
-    log_w, accept = _anneal(trajectory, state, betas, generator, bar)
-    return log_w.view(chains, n_points), accept.view(chains, n_points).mean(0)
+    if steps is None:  # the pilot's own start: a kept chain's states never enter a step size
+        steps = _initial_step(terms, state, betas[1], generator)[-n_points:] if len(betas) > 2 else x.new_ones(n_points)
+    log_w, accept, used = _anneal(_record(_Trajectory(terms, leapfrog_steps), z), state, betas, steps, generator, bar)
+    kept = slice(0, chains * n_points)
+    return log_w[kept].view(chains, n_points), accept[kept].view(chains, n_points).mean(0), used
 
 
-def _run(model, x, betas, chains, start, fixed, leapfrog_steps, seed, progress, batch_size, exact_z=None):
-    """AIS along ``betas`` for every row of ``x``, ``batch_size`` points at a
-    time (memory grows with batch_size * chains * data_dim). All randomness
-    comes from ``seed``; the global RNG is left as it was."""
-    if not (start == "prior" or callable(start)):
-        raise ValueError(f"start must be 'prior' or a callable x -> q(z | x), not {start!r}")
+def _run(model, x, betas, options, seed, progress, batch_size, exact_z=None, steps=None):
+    """AIS along ``betas`` for every row of ``x``, ``batch_size`` points at a time (memory grows with
+    batch_size * chains * data_dim). All randomness comes from ``seed``; the global RNG is left as it was.
+    Returns log weights (chains, N), acceptance (N,), step sizes (T - 1, N) and seconds."""
+    if not (options[1] == "prior" or callable(options[1])):
+        raise ValueError(f"start must be 'prior' or a callable x -> q(z | x), not {options[1]!r}")
     begin = time.perf_counter()
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    batches = range(0, len(x), batch_size)
-    log_w, accept = [], []
-    devices = [x.device] if x.device.type == "cuda" else []
-    with (frozen(model), torch.no_grad(), torch.random.fork_rng(devices=devices),
-          tqdm(total=len(batches) * (len(betas) - 1), desc="AIS", disable=not progress) as bar):
-        torch.manual_seed(seed)  # the draws from p0 (Pyro's and torch's samplers use the global RNG)
-        for first in batches:
+    outputs = []
+    with (frozen(model), torch.no_grad(), _seeded(seed, x.device),  # the draws from p0 use the global RNG
+          tqdm(total=math.ceil(len(x) / batch_size) * (len(betas) - 1), desc="AIS", disable=not progress) as bar):
+        for first in range(0, len(x), batch_size):
             rows = slice(first, first + batch_size)
-            z = None if exact_z is None else exact_z[rows]
-            w, a = _run_batch(model, x[rows], betas, chains, start, fixed, leapfrog_steps, generator, z, bar)
-            log_w.append(w)
-            accept.append(a)
-    return torch.cat(log_w, 1), torch.cat(accept), time.perf_counter() - begin
+            outputs.append(_run_batch(model, x[rows], betas, options, generator, bar, None if exact_z is None
+                                      else exact_z[rows], None if steps is None else steps[:, rows]))
+    log_w, accept, used = (torch.cat(parts, -1) for parts in zip(*outputs))
+    return log_w, accept, used, time.perf_counter() - begin
 
 
 @dataclass
 class AISResult:
-    """Per-point estimates and their summary. For forward AIS, ``log_likelihood``
-    = log (1/K) sum_k w_k (a stochastic lower bound); for reverse AIS it is
-    -log (1/K) sum_k w_rev,k (a stochastic upper bound). ``mean`` and ``se``:
-    over points. ``ess``: (sum w)^2 / sum w^2 over chains, per point."""
+    """Per point, ``log_likelihood``: log (1/K) sum_k w_k for forward AIS (a stochastic lower bound),
+    -log (1/K) sum_k w_rev,k for reverse AIS (an upper bound); ``mean``, ``se``: over points;
+    ``acceptance``: mean acceptance probability; ``ess``: (sum_k w_k)^2 / sum_k w_k^2."""
 
     log_likelihood: torch.Tensor  # (N,)
     log_weights: torch.Tensor  # (chains, N), float64
     mean: float
     se: float
-    acceptance: torch.Tensor  # (N,) mean acceptance probability over transitions and chains
+    acceptance: torch.Tensor  # (N,)
+    step_sizes: torch.Tensor  # (steps - 1, N), before jitter
     ess: torch.Tensor  # (N,)
     seconds: float
     steps: int
     chains: int
 
 
-def _result(log_w, accept, seconds, steps, sign=1.0):
-    chains = log_w.shape[0]
-    estimate = sign * (log_w.logsumexp(0) - math.log(chains))
+def _result(log_w, accept, step_sizes, seconds, steps, sign=1.0):
+    estimate = sign * (log_w.logsumexp(0) - math.log(len(log_w)))
     ess = 1.0 / (torch.softmax(log_w, 0) ** 2).sum(0)
-    mean, se = mean_and_se(estimate)
-    return AISResult(estimate, log_w, mean, se, accept, ess, seconds, steps, chains)
+    return AISResult(estimate, log_w, *mean_and_se(estimate), accept, step_sizes, ess, seconds, steps, len(log_w))
 
 
 def ais_log_likelihood(model, x, steps=DEFAULT_STEPS, chains=DEFAULT_CHAINS, start="prior", fixed=None,
-                       leapfrog_steps=10, seed=0, progress=False, batch_size=100, schedule_kind="sigmoid"):
-    """AIS estimate of log p(x) for each row of ``x`` (see the module's
-    docstring): ``chains`` runs per point over ``steps`` distributions from
-    ``start``, "prior" or a callable x_batch -> q(z | x) (batch shape
-    (len(x_batch),), event (L,)); ``fixed``: the model's global values.
-    Returns an :class:`AISResult`; its estimate is a stochastic lower bound."""
-    betas = schedule(steps, schedule_kind).tolist()
-    return _result(*_run(model, x, betas, chains, start, fixed, leapfrog_steps, seed, progress, batch_size), steps)
+                       leapfrog_steps=10, seed=0, progress=False, batch_size=100, schedule="sigmoid"):
+    """AIS estimate of log p(x) for each row of ``x`` (see the module docstring), a stochastic lower
+    bound: ``chains`` runs per point through ``steps`` distributions from ``start``, "prior" or a callable
+    x_batch -> q(z | x) (batch shape (len(x_batch),), event (L,)); ``fixed``: the model's global values;
+    ``schedule``: see :func:`annealing_schedule`. Returns an :class:`AISResult`."""
+    betas = annealing_schedule(steps, schedule).tolist()
+    options = (chains, start, fixed, leapfrog_steps)
+    return _result(*_run(model, x, betas, options, seed, progress, batch_size), steps)
 
 
 def simulate(model, num_points, fixed=None, seed=0):
-    """(x, z) ~ p(z) p(x | z), ``num_points`` of each, by running the model's
-    program: z from its latent site, x from ``density.observation``. Raises
-    ValueError if the model's p(x | z) cannot be sampled."""
+    """(x, z) ~ p(z) p(x | z), ``num_points`` rows, from the model's program: z from its latent site, x
+    from ``density.observation``. ValueError if the model's p(x | z) cannot be sampled."""
     device = next(model.parameters(), torch.empty(0)).device
     x_dummy = torch.zeros(num_points, model.data_dim, device=device)
-    with frozen(model), torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with frozen(model), torch.no_grad(), _seeded(seed, device):
         z = _prior_draws(model, x_dummy, fixed)
         try:
             x = observation(model, x_dummy, z, fixed).sample()
@@ -294,30 +317,27 @@ def simulate(model, num_points, fixed=None, seed=0):
 
 @dataclass
 class BDMCResult:
-    """Bidirectional Monte Carlo on simulated data: ``lower`` and ``upper``,
-    means over points of the forward (stochastic lower bound) and reverse
-    (stochastic upper bound) estimates; ``width`` = upper - lower."""
+    """``lower``, ``upper``: means over points of the forward and reverse estimates; ``width`` = upper - lower."""
 
     lower: float
     upper: float
     width: float
     forward: AISResult
-    reverse: AISResult
+    reverse: AISResult  # log_weights: log w_rev = sum_t (β_{t-1} - β_t) [log p(x, z_t) - log p0(z_t)]
     x: torch.Tensor
     z: torch.Tensor
 
 
 def bdmc(model, num_points, steps=DEFAULT_STEPS, chains=DEFAULT_CHAINS, start="prior", fixed=None,
-         leapfrog_steps=10, seed=0, progress=False, batch_size=100, schedule_kind="sigmoid"):
-    """BDMC (Grosse et al. 2015): simulate (z_i, x_i) ~ p(z) p(x | z); forward
-    AIS on x gives log p(x) >= E[log (1/K) sum_k w_k]; reverse AIS from the
-    exact posterior draw z_i (β from 1 to 0, every chain starting at z_i, so
-    each w_rev,k has E[w_rev,k] = 1/p(x_i)) gives log p(x) <= E[-log (1/K)
-    sum_k w_rev,k]. The reverse log weights, sum_t (β_{t-1} - β_t) [log p(x,
-    z_t) - log p0(z_t)], are in ``reverse.log_weights``. Returns a :class:`BDMCResult`."""
+         leapfrog_steps=10, seed=0, progress=False, batch_size=100, schedule="sigmoid"):
+    """BDMC (Grosse et al. 2015): simulate (z_i, x_i) ~ p(z) p(x | z); forward AIS on x_i gives
+    E[log (1/K) sum_k w_k] <= log p(x_i); reverse AIS from the exact posterior draw z_i (β from 1 to 0,
+    every chain starting at z_i, so each E[w_rev,k] = 1/p(x_i)) gives E[-log (1/K) sum_k w_rev,k] >=
+    log p(x_i). Returns a :class:`BDMCResult`."""
     x, z = simulate(model, num_points, fixed, seed)
-    betas = schedule(steps, schedule_kind)
+    betas = annealing_schedule(steps, schedule)
     options = (chains, start, fixed, leapfrog_steps)
-    forward = _result(*_run(model, x, betas.tolist(), *options, seed, progress, batch_size), steps)
-    reverse = _result(*_run(model, x, betas.flip(0).tolist(), *options, seed + 1, progress, batch_size, z), steps, -1.0)
+    forward = _result(*_run(model, x, betas.tolist(), options, seed, progress, batch_size), steps)
+    reverse = _result(*_run(model, x, betas.flip(0).tolist(), options, seed + 1, progress, batch_size, z,
+                            forward.step_sizes.flip(0)), steps, -1.0)
     return BDMCResult(forward.mean, reverse.mean, reverse.mean - forward.mean, forward, reverse, x, z)
