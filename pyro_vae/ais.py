@@ -30,7 +30,6 @@ draw z. A trajectory is one recorded graph with β among its inputs: one recordi
 
 import math
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -44,6 +43,7 @@ from pyro_vae.building_blocks import frozen
 from pyro_vae.density import LATENT, log_joint_terms, observation
 from pyro_vae.estimators import mean_and_se
 from pyro_vae.nuts_sampler import (Kernel, Leapfrog, NUTSState, dot, identity_metric, initial_step_size, per_chain,
+                                   record_checked,
                                    select)
 
 TARGET_ACCEPT = 0.65  # optimal for HMC in high dimension (Beskos et al. 2013); Wu et al.'s target
@@ -134,19 +134,7 @@ def _record(trajectory, z):
     step, beta, zeros = torch.full(z.shape[:1], 0.05, dtype=z.dtype, device=z.device), z.new_tensor(0.5), 0 * z
     example = (z, torch.cos(3 * z), zeros, zeros, step, beta)
     check = (z + 0.1, torch.sin(2 * z), torch.cos(z), torch.sin(z), 0.5 * step, 0.5 * beta)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch >= 2.9 marks torch.jit deprecated; the tracer's notes
-            traced = torch.jit.freeze(torch.jit.trace(trajectory, example, check_trace=False))
-            agree = all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(traced(*check), trajectory(*check)))
-        reason = "the recording disagrees with the Python"
-    except (RuntimeError, TypeError, ValueError) as error:  # a model's own error reappears in the Python
-        agree, reason = False, str(error).splitlines()[0]
-    if agree:
-        return traced
-    warnings.warn(f"AIS runs the model's Python at every step (slower): torch.jit.trace could not record it "
-                  f"({reason})", stacklevel=5)
-    return trajectory
+    return record_checked(trajectory, example, check, "AIS", stacklevel=6)
 
 
 def _hmc(trajectory, state, beta, step, generator):

@@ -134,20 +134,28 @@ def compile_leapfrog(log_density, z):
     step = torch.full((chains,), 0.1, device=z.device, dtype=z.dtype)
     example = (z, torch.cos(3 * z), torch.zeros_like(z), step, eye)
     check = (z + 0.1, torch.sin(2 * z), torch.cos(z), 2 * step, 2 * eye)  # any other point would do
+    return record_checked(leapfrog, example, check, "NUTS", stacklevel=4)
+
+
+def record_checked(module, example, check, sampler, stacklevel=3):
+    """``module`` recorded with ``torch.jit.trace`` at ``example`` and frozen,
+    if the recording agrees with the Python at the inputs ``check``;
+    otherwise (recording fails, or values steer the code) ``module`` itself,
+    with a warning naming the ``sampler`` that will run slower."""
     try:
         with warnings.catch_warnings():
             # torch >= 2.9 marks torch.jit as deprecated; the tracer warns of the Python values it fixes
             warnings.simplefilter("ignore")
-            traced = torch.jit.freeze(torch.jit.trace(leapfrog, example, check_trace=False))
-            agree = all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(traced(*check), leapfrog(*check)))
+            traced = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False))
+            agree = all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(traced(*check), module(*check)))
         reason = "the recording disagrees with the Python"
     except (RuntimeError, TypeError, ValueError) as error:  # a model's own error reappears in the Python
         agree, reason = False, str(error).splitlines()[0]
     if agree:
         return traced
-    warnings.warn(f"NUTS runs the model's Python at every step (slower): torch.jit.trace could not record it "
-                  f"({reason})", stacklevel=3)
-    return leapfrog
+    warnings.warn(f"{sampler} runs the model's Python at every step (slower): torch.jit.trace could not record it "
+                  f"({reason})", stacklevel=stacklevel)
+    return module
 
 
 def is_turning(r_left, r_right, r_sum, inverse_mass):
