@@ -237,11 +237,11 @@ def report(rows, reference=REFERENCE):
               f"{r['ess_per_second']:>10.3f}  {ratio:>{len(reference) + 3}}")
 
 
-def run_baselines(warmup=500, samples=500, seeds=1, skip_numpyro=False):
+def run_baselines(warmup=500, samples=500, seeds=1, skip_numpyro=False, skip_pyro=False):
     """All baseline methods on problem(), each with seeds 0..seeds-1; a list of row dicts."""
     weights, x = problem()
     rows = []
-    for name, jit in [("pyro", False), ("pyro (jit)", True)]:
+    for name, jit in [] if skip_pyro else [("pyro", False), ("pyro (jit)", True)]:
         rows.append(make_row(name, [run_pyro(weights, x, warmup, samples, seed, jit) for seed in range(seeds)]))
     if not skip_numpyro:
         result = run_numpyro(warmup, samples, seeds)

@@ -28,6 +28,7 @@ rows). BDMC's reverse runs follow the forward run's step sizes, which depend on 
 draw z. A trajectory is one recorded graph with β among its inputs: one recording serves every temperature.
 """
 
+import copy
 import math
 import time
 from contextlib import contextmanager
@@ -43,8 +44,7 @@ from pyro_vae.building_blocks import frozen
 from pyro_vae.density import LATENT, log_joint_terms, observation
 from pyro_vae.estimators import mean_and_se
 from pyro_vae.nuts_sampler import (Kernel, Leapfrog, NUTSState, dot, identity_metric, initial_step_size, per_chain,
-                                   record_checked,
-                                   select)
+                                   record, select)
 
 TARGET_ACCEPT = 0.65  # optimal for HMC in high dimension (Beskos et al. 2013); Wu et al.'s target
 STEP_GROW, STEP_SHRINK, STEP_MIN, STEP_MAX, ACCEPT_SMOOTHING = 1.02, 0.98, 1e-4, 0.5, 0.9
@@ -82,10 +82,21 @@ class _State(NamedTuple):
     grad_ratio: torch.Tensor
 
 
+def _unvalidated(distribution):
+    """A shallow copy that skips the support check of its values: the check reads them (a branch in
+    Python) and would stop the trajectory's recording."""
+    distribution = copy.copy(distribution)
+    distribution._validate_args = False
+    if hasattr(distribution, "base_dist"):
+        distribution.base_dist = _unvalidated(distribution.base_dist)
+    return distribution
+
+
 def _target_terms(model, x_rows, fixed, proposal, shape):
     """z (rows, 1, L) -> (log p0, log ratio, their gradients), rows ordered chain * N + point as ``x_rows``.
     Kept apart, not summed at one β, so a new β needs no new gradient: grad log p_t = g0 + β g1."""
     chains, n_points, dim = shape
+    proposal = None if proposal is None else _unvalidated(proposal)
 
     def terms(z):
         with torch.enable_grad():
@@ -127,14 +138,14 @@ class _Trajectory(torch.nn.Module):
 
 
 def _record(trajectory, z):
-    """``trajectory`` recorded once with torch.jit.trace and frozen, as ``nuts_sampler.compile_leapfrog``
-    does, and checked against the Python at a second point (other z, momenta, step and β); where recording
-    fails or disagrees, the Python runs, with a warning."""
+    """``trajectory`` recorded once (``nuts_sampler.record``), as ``nuts_sampler.compile_leapfrog`` does,
+    and checked against the Python at a second point (other z, momenta, step and β); where recording fails
+    or disagrees, the Python runs, with a warning."""
     trajectory = trajectory.eval()
     step, beta, zeros = torch.full(z.shape[:1], 0.05, dtype=z.dtype, device=z.device), z.new_tensor(0.5), 0 * z
     example = (z, torch.cos(3 * z), zeros, zeros, step, beta)
     check = (z + 0.1, torch.sin(2 * z), torch.cos(z), torch.sin(z), 0.5 * step, 0.5 * beta)
-    return record_checked(trajectory, example, check, "AIS", stacklevel=6)
+    return record(trajectory, example, check, "AIS", stacklevel=6)
 
 
 def _hmc(trajectory, state, beta, step, generator):

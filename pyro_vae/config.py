@@ -20,6 +20,9 @@ NUTS_MODES = ("fixed-decoder", "mcem")
 DEVICES = "auto, cpu, cuda or cuda:N"
 
 
+COMPILE_MODES = ("auto", "on", "off")
+
+
 @dataclass
 class MCMCSettings:
     """``--inference nuts``: which points, how many chains and draws."""
@@ -32,10 +35,17 @@ class MCMCSettings:
     samples: int = 500
     em_iterations: int = 20  # mcem: E-step / M-step rounds
     m_steps: int = 20  # mcem: Adam steps on the decoder per round
+    compile: str = "auto"  # the sampler's recorded steps through torch.compile: auto, on or off
+
+    def compile_flag(self):
+        """``compile`` as ``nuts_sampler.sample`` takes it: True, False or "auto"."""
+        return {"on": True, "off": False}.get(self.compile, self.compile)
 
     def validate(self):
         if self.mode not in NUTS_MODES:
             raise UsageError(f"nuts mode must be one of {', '.join(NUTS_MODES)}, got {self.mode!r}")
+        if self.compile not in COMPILE_MODES:
+            raise UsageError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if min(self.subset, self.chains, self.samples, self.em_iterations, self.m_steps) < 1 or self.warmup < 0:
             raise UsageError("--subset, --chains, --samples, --em-iterations and --m-steps must be positive, "
                              "--warmup non-negative")

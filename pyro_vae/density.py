@@ -110,13 +110,15 @@ def log_density_for_sampler(model, x, chains, fixed=None):
     """The target of NUTS and AIS: z of shape (chains, N, L) -> (log p(x, z)
     per chain, shape (chains,), and its gradient in z), the model's weights
     held fixed. The samplers record this function once (Pyro's bookkeeping
-    is Python and leaves no operations in the recording)."""
-    x_all = x.repeat(chains, *[1] * (x.dim() - 1))
+    is Python and leaves no operations in the recording); ``x`` and the
+    weights are read at every call, so a recording follows them when they
+    are changed in place."""
 
     def log_density(z):
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():
             flat = z.reshape(-1, z.shape[-1])
+            x_all = x.repeat(chains, *[1] * (x.dim() - 1))
             log_lik, log_prior = log_joint_terms(model, x_all, flat, fixed)
             value = (log_lik + log_prior).reshape(z.shape[:2]).sum(-1)
             (grad,) = torch.autograd.grad(value.sum(), z)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from pyro_vae.checkpoint import CheckpointError
 from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, int_list, nonnegative_int, positive_float,
                           positive_int, report_out_of_memory)
-from pyro_vae.config import INFERENCE, NUTS_MODES, EvaluationSettings, FitConfig, MCMCSettings
+from pyro_vae.config import COMPILE_MODES, INFERENCE, NUTS_MODES, EvaluationSettings, FitConfig, MCMCSettings
 from pyro_vae.data import BINARIZE_MODES, DATASETS, DataError
 from pyro_vae.mcmc import fit_nuts
 from pyro_vae.registry import guide_names, model_names
@@ -125,6 +125,9 @@ def add_mcmc_flags(group, d):
                        help="mcem rounds (default %(default)s)")
     group.add_argument("--m-steps", dest="mcmc.m_steps", type=positive_int, default=d.m_steps,
                        help="mcem: Adam steps (--lr) on the decoder per round (default %(default)s)")
+    group.add_argument("--compile", dest="mcmc.compile", choices=COMPILE_MODES, default=d.compile,
+                       help="compile the sampler's recorded steps with torch.compile: on, off, or auto: when the "
+                            "run is long enough to pay for it (default %(default)s)")
 
 
 class StopRequest:

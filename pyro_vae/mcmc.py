@@ -24,7 +24,9 @@ per-point Gaussians moment-matched to the draws, for ``evaluate``).
 import json
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
+from typing import NamedTuple
 
 import arviz as az
 import pyro
@@ -44,14 +46,50 @@ RHAT_LIMIT = 1.01
 MIN_ESS_PER_CHAIN = 100  # Vehtari et al. (2021): bulk and tail ESS of at least 100 per chain
 
 
-def sample_latents(model, x, chains=4, warmup=500, samples=500, init=None, seed=0, progress=False, fixed=None):
+class SamplerTarget(NamedTuple):
+    """A model's log p(x, z) over a data buffer, and the sampler's recordings of it."""
+
+    model: object
+    fixed: object
+    data: torch.Tensor  # refilled in place for each call: the recordings read x from here
+    log_density: object
+    recorded: dict
+
+
+TARGETS = OrderedDict()  # the last few targets, so that repeated calls (MCEM's E-steps) record once
+MAX_TARGETS = 4
+
+
+def sampler_target(model, x, chains, fixed=None):
+    """The :class:`SamplerTarget` of ``model`` for data shaped like ``x``,
+    reused while the model, the shapes and the ``fixed`` tensors are the same
+    objects (new weights changed in place and new data of the same shape
+    need no new recording), its buffer refilled with ``x``."""
+    key = (id(model), tuple(x.shape), x.dtype, x.device, chains,
+           tuple((name, id(value)) for name, value in (fixed or {}).items()))
+    target = TARGETS.get(key)
+    if target is None or target.model is not model:
+        data = x.detach().clone()
+        target = SamplerTarget(model, fixed, data, log_density_for_sampler(model, data, chains, fixed), {})
+        TARGETS[key] = target
+    TARGETS.move_to_end(key)
+    while len(TARGETS) > MAX_TARGETS:
+        TARGETS.popitem(last=False)
+    target.data.copy_(x)
+    return target
+
+
+def sample_latents(model, x, chains=4, warmup=500, samples=500, init=None, seed=0, progress=False, fixed=None,
+                   compile="auto"):
     """NUTS draws of z_1..z_N | x_1..x_N with the model's weights fixed (and
     its global sites at ``fixed``).
 
     ``init`` is a distribution over z with batch shape (N,) (an encoder's
     q(z | x), say): each chain starts from its own draw of it, so that chains
     start apart (R-hat needs that) but near the posterior. Without it chains
-    start uniformly in [-2, 2], as Pyro's default does.
+    start uniformly in [-2, 2], as Pyro's default does. ``compile``: True,
+    False or "auto" (``nuts_sampler.sample``); recordings are kept for the
+    next call with the same model and shapes (:func:`sampler_target`).
 
     Returns (draws of shape (chains, samples, N, latent_dim), per-iteration
     statistics of shape (chains, samples), seconds of wall time).
@@ -64,8 +102,9 @@ def sample_latents(model, x, chains=4, warmup=500, samples=500, init=None, seed=
             z0 = torch.rand(shape, device=x.device, dtype=x.dtype) * 4 - 2
         else:
             z0 = init.sample((chains,)).to(x.dtype)
-        log_density = log_density_for_sampler(model, x, chains, fixed)
-        draws, stats = nuts_sampler.sample(log_density, z0, warmup, samples, seed, progress=progress)
+        target = sampler_target(model, x, chains, fixed)
+        draws, stats = nuts_sampler.sample(target.log_density, z0, warmup, samples, seed, progress=progress,
+                                           compile=compile, recorded=target.recorded)
     return draws, stats, time.perf_counter() - start
 
 
@@ -113,7 +152,7 @@ def write_posterior(out, idata, summary):
 
 
 def monte_carlo_em(model, x, iterations, warmup, samples, m_steps, lr, seed=0, progress=False, log=print,
-                   on_iteration=None):
+                   on_iteration=None, compile="auto"):
     """Monte Carlo EM on the decoder of ``model`` for the points ``x``.
 
     E-step: one NUTS chain (``warmup`` + ``samples``) draws z | x under the
@@ -122,11 +161,16 @@ def monte_carlo_em(model, x, iterations, warmup, samples, m_steps, lr, seed=0, p
     sum_i log p(x_i | z_i^(s)), read off the model's program.
     ``on_iteration(record)`` is called after each round. Returns the
     per-iteration history and the last E-step's draws, shape (1, samples, N, latent_dim).
+    Every E-step runs on one recording of the sampler's steps (the new
+    weights are read in place); "auto" ``compile`` counts all the rounds.
     """
+    if compile == "auto":
+        compile = iterations * (warmup + samples) >= nuts_sampler.AUTO_COMPILE_ITERATIONS
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     init, history = None, []
     for iteration in range(1, iterations + 1):
-        draws, stats, seconds = sample_latents(model, x, 1, warmup, samples, init, seed + iteration, progress=progress)
+        draws, stats, seconds = sample_latents(model, x, 1, warmup, samples, init, seed + iteration, progress,
+                                               compile=compile)
         z = draws[0]  # (samples, N, L)
         start = time.perf_counter()
         model.train()
@@ -197,13 +241,15 @@ def fit_nuts(config, progress=True, log=print):
     history = []
     if settings.mode == "mcem":
         history, _ = monte_carlo_em(model, x, settings.em_iterations, settings.warmup, settings.samples,
-                                    settings.m_steps, config.lr, config.seed, progress, log)
+                                    settings.m_steps, config.lr, config.seed, progress, log,
+                                    compile=settings.compile_flag())
         write_metrics(out, history)
     log(f"NUTS: {settings.chains} chains x ({settings.warmup} warm-up + {settings.samples} draws) on {len(x)} "
         f"points, latent dim {model.latent_dim}, all chains in one batch")
     init = None if init_guide is None else init_guide.posterior(x)
     draws, stats, sampling_seconds = sample_latents(model, x, settings.chains, settings.warmup, settings.samples,
-                                                    init, config.seed, progress=progress)
+                                                    init, config.seed, progress=progress,
+                                                    compile=settings.compile_flag())
     return write_nuts_run(config, model, data, x, split, draws, stats, history, sampling_seconds,
                           time.perf_counter() - start, log)
 

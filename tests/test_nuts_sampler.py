@@ -5,11 +5,12 @@ import math
 import arviz as az
 import pytest
 import torch
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
-from pyro_vae import nuts_sampler
+from pyro_vae import mcmc, nuts_sampler
 from pyro_vae.building_blocks import frozen
-from pyro_vae.density import log_joint_terms
-from pyro_vae.density import log_density_for_sampler
+from pyro_vae.density import log_density_for_sampler, log_joint_terms
+from pyro_vae.mcmc import sample_latents, sampler_target
 from pyro_vae.registry import get_model, model_names
 
 
@@ -103,7 +104,7 @@ def test_recorded_leapfrog_equals_the_python_one():
     mean, _, log_density = gaussian_target(n_points=4)
     z = torch.randn(2, *mean.shape)
     recorded = nuts_sampler.compile_leapfrog(log_density, z)
-    assert isinstance(recorded, torch.jit.ScriptModule)
+    assert isinstance(recorded, torch.fx.GraphModule)  # a recording, not the Python
     args = (z, torch.randn_like(z), log_density(z)[1], torch.tensor([0.2, -0.3]),
             torch.eye(2).expand(2, 4, 2, 2).contiguous())
     for a, b in zip(recorded(*args), nuts_sampler.Leapfrog(log_density)(*args)):
@@ -118,14 +119,14 @@ def test_a_density_that_cannot_be_recorded_runs_in_python(failure):
 
     def log_density(z):
         log_p, grad = gaussian(z)
-        if torch.jit.is_tracing():  # stands for a branch the recording would hold fixed
+        if get_proxy_mode() is not None:  # recording: stands for a branch the recording would hold fixed
             if failure == "raises":
                 raise RuntimeError("cannot record this")
             log_p = log_p + 1.0
         return log_p, grad
 
     z = torch.zeros(1, *mean.shape)
-    with pytest.warns(UserWarning, match="torch.jit.trace could not record"):
+    with pytest.warns(UserWarning, match="could not be recorded"):
         leapfrog = nuts_sampler.compile_leapfrog(log_density, z)
     assert isinstance(leapfrog, nuts_sampler.Leapfrog)
     draws, _ = nuts_sampler.sample(gaussian, torch.zeros(1, *mean.shape), 30, 10, seed=0)
@@ -153,3 +154,62 @@ def test_nuts_target_is_the_model_program(name):
         with torch.enable_grad():
             (expected,) = torch.autograd.grad(sum(log_joint_terms(model, x, z_)).sum(), z_)
         assert torch.allclose(grad, expected, atol=1e-4)
+
+
+def test_compiled_sampler_matches_the_gaussian():
+    """``compile=True``: the leapfrog and the tree steps go through
+    torch.compile (Inductor) and still sample the exact posterior."""
+    mean, covariance, log_density = gaussian_target(n_points=3)
+    compiled = nuts_sampler.compile_leapfrog(log_density, torch.zeros(2, *mean.shape), compile=True)
+    assert not isinstance(compiled, (torch.fx.GraphModule, nuts_sampler.Leapfrog))  # the compiled graph
+    draws, stats = nuts_sampler.sample(log_density, torch.zeros(2, *mean.shape), 150, 300, seed=2, compile=True,
+                                       max_tree_depth=4)
+    flat = draws.reshape(-1, *mean.shape)
+    idata = az.from_dict(posterior={"z": draws.numpy()})
+    ess = torch.as_tensor(az.ess(idata)["z"].values)
+    sd = covariance.diagonal(dim1=-2, dim2=-1).sqrt()
+    assert torch.all((flat.mean(0) - mean).abs() < 5 * sd / ess.sqrt())
+    assert not stats["diverging"].any()
+    again, _ = nuts_sampler.sample(log_density, torch.zeros(2, *mean.shape), 150, 300, seed=2, compile=True,
+                                   max_tree_depth=4)
+    assert torch.equal(draws, again)  # the compiled kernels are deterministic too
+
+
+def test_a_failed_compilation_runs_the_recording(monkeypatch):
+    mean, _, log_density = gaussian_target(n_points=2)
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    with pytest.warns(UserWarning, match="runs uncompiled: torch.compile failed \\(no C\\+\\+ compiler here\\)"):
+        leapfrog = nuts_sampler.compile_leapfrog(log_density, torch.zeros(1, *mean.shape), compile=True)
+    assert isinstance(leapfrog, torch.fx.GraphModule)
+
+
+def test_one_recording_follows_new_weights_and_data():
+    """Monte Carlo EM's E-steps and repeated calls reuse one recording:
+    weights changed in place and new data of the same shape reach it."""
+    model = get_model("bernoulli_mlp")(data_dim=6, latent_dim=2, hidden_dims=(5,)).eval()
+    x = (torch.rand(4, 6, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    first = sampler_target(model, x, 1)
+    sample_latents(model, x, chains=1, warmup=10, samples=5, seed=0, compile=False)
+    assert len(first.recorded) == 1
+    with torch.no_grad():
+        model.decoder[0].weight.mul_(-2.0)
+    y = 1 - x
+    reused = sample_latents(model, y, chains=1, warmup=30, samples=20, seed=1, compile=False)[0]
+    assert sampler_target(model, y, 1).recorded is first.recorded and len(first.recorded) == 1
+    z = torch.randn(1, 4, 2)
+    with frozen(model):
+        assert torch.allclose(first.log_density(z)[0], log_density_for_sampler(model, y, 1)(z)[0])
+    mcmc.TARGETS.clear()  # a fresh recording at the new weights and data samples the same chain
+    fresh = sample_latents(model, y, chains=1, warmup=30, samples=20, seed=1, compile=False)[0]
+    assert torch.allclose(reused, fresh, atol=1e-5)
+
+
+def test_a_recording_keeps_arguments_that_were_one_tensor_apart():
+    """The first tree step sees one tensor as both ends of the trajectory;
+    its recording must still read the two ends from their own inputs."""
+    add = nuts_sampler.record(lambda a, b: (a + 2 * b,), (torch.ones(3),) * 2, None, "test")
+    assert torch.equal(add(torch.ones(3), torch.zeros(3))[0], torch.ones(3))
