@@ -58,8 +58,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", required=True)
     p.add_argument("--budget", type=float, default=60.0, help="training seconds per row (default %(default)s)")
-    p.add_argument("--steps", default="0,2,5,10", help="local steps K to try")
-    p.add_argument("--lrs", default="0.03,0.1,0.3", help="local learning rates to try")
+    p.add_argument("--steps", default="5,20,50", help="local steps K to try (each at least 1)")
+    p.add_argument("--lrs", default="0.1,0.3", help="local learning rates to try")
     p.add_argument("--eval-examples", type=int, default=500)
     p.add_argument("--iwae-samples", type=int, default=500)
     p.add_argument("--out", default="runs/local-steps-curve")
@@ -68,12 +68,12 @@ def main():
                 device="cpu")
     rows = []
     runs = [("amortized", None, None)] + [("meanfield", int(k), float(lr)) for k in args.steps.split(",")
-                                          for lr in args.lrs.split(",") if int(k) > 0 or lr == args.lrs.split(",")[0]]
+                                          for lr in args.lrs.split(",")]
     for guide, steps, lr in runs:
         name = guide if steps is None else f"meanfield K={steps} lr={lr}"
         config = FitConfig(guide=guide, out=f"{args.out}/{name.replace(' ', '_')}-{time.time():.0f}", **base)
         if steps is not None:
-            config.local_lr, config.local_steps = lr, (steps or None)
+            config.local_lr, config.local_steps = lr, steps
         session, seconds, epochs = train_for(config, args.budget)
         ll, se = test_log_likelihood(session, args.eval_examples, args.iwae_samples)
         rows.append((name, epochs, seconds / epochs, ll, se))

@@ -2,6 +2,7 @@
 
 import torch
 
+from pyro_vae.building_blocks import hidden_activation
 from pyro_vae.cli import UsageError, doing, import_user_modules
 from pyro_vae.data import load_dataset
 from pyro_vae.density import observation
@@ -43,7 +44,7 @@ def build_model(config, data):
             f"{data.binarize} is not binary: use --binarize dynamic or static, or a Gaussian model"
         )
     sizes = f"data dim {data.data_dim}, latent dim {config.latent_dim}, hidden dims {list(config.hidden_dims)}"
-    with doing(f"building model {model_cls.name} ({sizes})"):
+    with doing(f"building model {model_cls.name} ({sizes})"), hidden_activation(config.activation):
         model = model_cls(data.data_dim, config.latent_dim, config.hidden_dims).to(data.device)
     if config.bayesian_decoder:
         if not isinstance(getattr(model, "decoder", None), torch.nn.Module):
@@ -64,7 +65,8 @@ def build(config, data):
     if config.local_steps is not None and not hasattr(guide_cls, "local_steps"):
         raise UsageError(f"--local-steps: guide {guide_cls.name} has no local parameters to refine "
                          f"(meanfield and semi_amortized have)")
-    with doing(f"building guide {guide_cls.name} for {data.num_train} training points"):
+    with doing(f"building guide {guide_cls.name} for {data.num_train} training points"), \
+            hidden_activation(config.activation):
         guide = guide_cls(model, data.num_train, config.hidden_dims).to(data.device)
         if hasattr(guide, "local_steps"):
             guide.local_lr = config.local_lr

@@ -10,12 +10,30 @@ from torch.distributions.utils import broadcast_all
 from torch.nn import functional as F
 
 
-def mlp(sizes, activation=nn.Softplus):
+ACTIVATIONS = {"softplus": nn.Softplus, "tanh": nn.Tanh, "elu": nn.ELU, "relu": nn.ReLU}
+_hidden_activation = ["softplus"]  # a stack: hidden_activation() pushes while a run's networks are built
+
+
+@contextmanager
+def hidden_activation(name):
+    """Inside, :func:`mlp` builds hidden layers with ``ACTIVATIONS[name]``
+    (``--activation``): every model and guide made of ``mlp`` follows it
+    without an argument of its own."""
+    _hidden_activation.append(name)
+    try:
+        yield
+    finally:
+        _hidden_activation.pop()
+
+
+def mlp(sizes, activation=None):
     """Fully connected network ``sizes[0] -> ... -> sizes[-1]``.
 
-    ``activation`` follows every layer but the last, whose output is left
+    ``activation`` (default: the current :func:`hidden_activation`, softplus
+    unless set) follows every layer but the last, whose output is left
     unconstrained (logits, locations, log-scales).
     """
+    activation = activation or ACTIVATIONS[_hidden_activation[-1]]
     layers = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(n_in, n_out))

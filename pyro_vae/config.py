@@ -10,6 +10,7 @@ line a grouped setting is a flag of its own (``--chains`` sets
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from pyro_vae.building_blocks import ACTIVATIONS
 from pyro_vae.checkpoint import CheckpointError
 from pyro_vae.cli import UsageError
 from pyro_vae.data import BINARIZE_MODES
@@ -21,6 +22,21 @@ DEVICES = "auto, cpu, cuda or cuda:N"
 
 
 COMPILE_MODES = ("auto", "on", "off")
+LR_SCHEDULES = ("constant", "burda")
+
+
+def learning_rate(config, epoch):
+    """The learning rate of ``epoch`` (1, 2, ...): ``config.lr``, or under the
+    "burda" schedule (Burda, Grosse & Salakhutdinov 2015, section 5)
+    lr x 10^(-i/7) during the 3^i epochs of stage i = 0..7 (3,280 epochs in
+    all; later epochs stay at stage 7)."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    stage, end = 0, 1
+    while epoch > end and stage < 7:
+        stage += 1
+        end += 3**stage
+    return config.lr * 10 ** (-stage / 7)
 
 
 @dataclass
@@ -35,17 +51,10 @@ class MCMCSettings:
     samples: int = 500
     em_iterations: int = 20  # mcem: E-step / M-step rounds
     m_steps: int = 20  # mcem: Adam steps on the decoder per round
-    compile: str = "auto"  # the sampler's recorded steps through torch.compile: auto, on or off
-
-    def compile_flag(self):
-        """``compile`` as ``nuts_sampler.sample`` takes it: True, False or "auto"."""
-        return {"on": True, "off": False}.get(self.compile, self.compile)
 
     def validate(self):
         if self.mode not in NUTS_MODES:
             raise UsageError(f"nuts mode must be one of {', '.join(NUTS_MODES)}, got {self.mode!r}")
-        if self.compile not in COMPILE_MODES:
-            raise UsageError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if min(self.subset, self.chains, self.samples, self.em_iterations, self.m_steps) < 1 or self.warmup < 0:
             raise UsageError("--subset, --chains, --samples, --em-iterations and --m-steps must be positive, "
                              "--warmup non-negative")
@@ -76,9 +85,11 @@ class FitConfig:
     binarize: str | None = None  # None: the dataset's default
     latent_dim: int = 2
     hidden_dims: tuple = (400,)
+    activation: str = "softplus"  # of every hidden layer built by building_blocks.mlp
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # or "burda": lr x 10^(-i/7) for 3^i epochs, i = 0..7 (Burda et al. 2015)
     local_lr: float = 0.1  # per-datapoint parameters: meanfield's rows, and refinement steps
     local_steps: int | None = None  # refinement steps per minibatch / new point (None: the guide's default)
     elbo: str = "trace"
@@ -86,6 +97,7 @@ class FitConfig:
     bayesian_decoder: bool = False  # N(0, I) priors on decoder weights, mean-field q(theta) ("full VB")
     seed: int = 0
     device: str = "auto"
+    compile: str = "auto"  # SVI's step and NUTS's recorded steps through torch.compile: auto, on or off
     out: str | None = None  # None: runs/<dataset>-<guide or inference>-<timestamp>
     imports: list = field(default_factory=list)  # user modules that register models/guides
     mcmc: MCMCSettings = field(default_factory=MCMCSettings)
@@ -103,8 +115,13 @@ class FitConfig:
             (self.local_steps is None or self.local_steps >= 1,
              f"local steps must be a positive integer, got {self.local_steps}"),
             (all(h >= 1 for h in self.hidden_dims), f"hidden dims must be positive, got {self.hidden_dims}"),
+            (self.activation in ACTIVATIONS, f"activation must be one of {', '.join(ACTIVATIONS)}, "
+                                             f"got {self.activation!r}"),
+            (self.lr_schedule in LR_SCHEDULES, f"lr schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                                               f"got {self.lr_schedule!r}"),
             (self.elbo in ELBOS, f"elbo must be one of {', '.join(ELBOS)}, got {self.elbo!r}"),
             (self.binarize in (None, *BINARIZE_MODES), f"binarize must be one of {', '.join(BINARIZE_MODES)}"),
+            (self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device must be {DEVICES}, got {self.device!r}"),
         ]
@@ -112,6 +129,10 @@ class FitConfig:
             if not ok:
                 raise UsageError(message)
         self.mcmc.validate()
+
+    def compile_flag(self):
+        """``compile`` as the samplers take it: True, False or "auto"."""
+        return {"on": True, "off": False}.get(self.compile, self.compile)
 
     def as_dict(self):
         d = asdict(self)

@@ -21,10 +21,11 @@ from contextlib import contextmanager
 
 from tqdm import tqdm
 
+from pyro_vae.building_blocks import ACTIVATIONS
 from pyro_vae.checkpoint import CheckpointError
 from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, int_list, nonnegative_int, positive_float,
                           positive_int, report_out_of_memory)
-from pyro_vae.config import COMPILE_MODES, INFERENCE, NUTS_MODES, EvaluationSettings, FitConfig, MCMCSettings
+from pyro_vae.config import COMPILE_MODES, INFERENCE, LR_SCHEDULES, NUTS_MODES, EvaluationSettings, FitConfig, MCMCSettings
 from pyro_vae.data import BINARIZE_MODES, DATASETS, DataError
 from pyro_vae.mcmc import fit_nuts
 from pyro_vae.registry import guide_names, model_names
@@ -95,6 +96,14 @@ def parser():
                    help="continue RUN_DIR from its last checkpoint with its saved settings (--epochs N extends it)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
     p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default=d.activation,
+                   help="of the hidden layers of the encoder and decoder (default %(default)s)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help="constant, or burda: --lr x 10^(-i/7) for 3^i epochs, i = 0..7, as Burda et al. (2015) "
+                        "(default %(default)s)")
+    p.add_argument("--compile", choices=COMPILE_MODES, default=d.compile,
+                   help="record SVI's step (NUTS's steps) once and compile it with torch.compile: on, off, or auto: "
+                        "when the run is long enough to pay for it (default %(default)s)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<guide>-<timestamp>)")
     add_mcmc_flags(p.add_argument_group("--inference nuts"), MCMCSettings())
     p.add_argument("--eval-iwae-samples", dest="evaluation.iwae_samples", type=positive_int,
@@ -125,9 +134,6 @@ def add_mcmc_flags(group, d):
                        help="mcem rounds (default %(default)s)")
     group.add_argument("--m-steps", dest="mcmc.m_steps", type=positive_int, default=d.m_steps,
                        help="mcem: Adam steps (--lr) on the decoder per round (default %(default)s)")
-    group.add_argument("--compile", dest="mcmc.compile", choices=COMPILE_MODES, default=d.compile,
-                       help="compile the sampler's recorded steps with torch.compile: on, off, or auto: when the "
-                            "run is long enough to pay for it (default %(default)s)")
 
 
 class StopRequest:

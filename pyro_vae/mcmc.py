@@ -242,14 +242,14 @@ def fit_nuts(config, progress=True, log=print):
     if settings.mode == "mcem":
         history, _ = monte_carlo_em(model, x, settings.em_iterations, settings.warmup, settings.samples,
                                     settings.m_steps, config.lr, config.seed, progress, log,
-                                    compile=settings.compile_flag())
+                                    compile=config.compile_flag())
         write_metrics(out, history)
     log(f"NUTS: {settings.chains} chains x ({settings.warmup} warm-up + {settings.samples} draws) on {len(x)} "
         f"points, latent dim {model.latent_dim}, all chains in one batch")
     init = None if init_guide is None else init_guide.posterior(x)
     draws, stats, sampling_seconds = sample_latents(model, x, settings.chains, settings.warmup, settings.samples,
                                                     init, config.seed, progress=progress,
-                                                    compile=settings.compile_flag())
+                                                    compile=config.compile_flag())
     return write_nuts_run(config, model, data, x, split, draws, stats, history, sampling_seconds,
                           time.perf_counter() - start, log)
 

@@ -55,6 +55,12 @@ class Adam(PyroOptim):
         for optimizer in self.optimizers.values():
             optimizer.step()
 
+    def set_lr(self, lr):
+        """The learning rate of the dense parameters from the next step on (a schedule's move)."""
+        self.options["lr"] = lr
+        if "dense" in self.optimizers:
+            self.optimizers["dense"].param_groups[0]["lr"] = lr
+
     def _add(self, params):
         store = pyro.get_param_store()
         for name, p in sorted(((store.param_name(p) or "", p) for p in params), key=lambda item: item[0]):

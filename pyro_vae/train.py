@@ -18,6 +18,7 @@ from pyro.distributions import is_validation_enabled
 from tqdm import tqdm
 
 from pyro_vae.building_blocks import data_plate
+from pyro_vae.compiled_svi import CompiledSVI
 from pyro_vae.distributed import Cluster
 from pyro_vae.optim import Adam
 
@@ -27,8 +28,10 @@ ELBOS = {
 }
 
 
-def make_svi(model, guide, lr, elbo="trace", local_lr=None, clip_norm=None):
-    """``SVI(model, guide, Adam(lr), ELBOS[elbo]())`` over a fresh param store.
+def make_svi(model, guide, lr, elbo="trace", local_lr=None, clip_norm=None, compile=False):
+    """``SVI(model, guide, Adam(lr), ELBOS[elbo]())`` over a fresh param store;
+    with ``compile``, its step recorded and compiled (``CompiledSVI``; "record":
+    recorded, not compiled).
 
     ``local_lr`` is the learning rate of per-datapoint parameters (sparse
     gradients); ``clip_norm`` clips the global gradient norm of the others.
@@ -38,7 +41,11 @@ def make_svi(model, guide, lr, elbo="trace", local_lr=None, clip_norm=None):
     earlier in this process would otherwise shadow this one.
     """
     pyro.clear_param_store()
-    return SVI(model, guide, Adam(lr, local_lr=local_lr, clip_norm=clip_norm), loss=ELBOS[elbo]())
+    svi = SVI(model, guide, Adam(lr, local_lr=local_lr, clip_norm=clip_norm), loss=ELBOS[elbo]())
+    return CompiledSVI(svi, compile=compile != "record") if compile else svi
+
+
+READ_EVERY = 50  # steps between reads of the losses on the host (a NaN is caught this many steps late at most)
 
 
 class NonFiniteLoss(Exception):
@@ -64,8 +71,12 @@ def train_epoch(svi, data, batch_size, progress=True, description="train", shoul
     validation (when it is enabled, Pyro's default): it catches shape and
     support mistakes, and checking every step cost about 5% of a step.
 
-    Raises :class:`NonFiniteLoss` at the first non-finite loss, and
-    :class:`Interrupted` after the step during which ``should_stop()`` became true.
+    The losses stay on the device (a compiled step returns a tensor) and
+    are read every ``READ_EVERY`` steps: then the progress bar moves, and a
+    non-finite loss raises :class:`NonFiniteLoss` naming its step (the
+    parameters have moved on by then: a run restarts from its last
+    checkpoint). :class:`Interrupted` is raised after the step during which
+    ``should_stop()`` became true.
 
     With a ``cluster`` of several ranks (see ``pyro_vae.distributed``) each
     global minibatch of ``batch_size`` rows is sharded across ranks, gradients
@@ -76,10 +87,11 @@ def train_epoch(svi, data, batch_size, progress=True, description="train", shoul
     cluster = cluster or Cluster()
     num_data = data.num_train
     validate = is_validation_enabled()
-    total, seen = 0.0, 0
     start = time.perf_counter()
     permutation = cluster.broadcast(torch.randperm(num_data, device=data.device))
     batches = [b for b in permutation.split(batch_size) if len(b) >= cluster.world_size]
+    total = torch.zeros((), dtype=torch.float64, device=data.device)
+    unread = []  # (step, loss) since the last read: reading a loss on the device waits for it
     with tqdm(batches, desc=description, leave=False, disable=not progress, unit="batch") as bar:
         for step, global_idx in enumerate(bar, start=1):
             idx = cluster.shard(global_idx)
@@ -90,19 +102,26 @@ def train_epoch(svi, data, batch_size, progress=True, description="train", shoul
                 loss = svi.step(data.train_batch(idx), idx, num_data)
             stop = should_stop is not None and should_stop()
             if cluster.active:  # every rank sees the same loss and stops at the same step
-                reduced = cluster.sum(torch.tensor([loss * weight, float(stop)], dtype=torch.float64))
-                loss, stop = reduced[0].item(), reduced[1].item() > 0
-            if not math.isfinite(loss):
-                raise NonFiniteLoss(step, loss)
+                reduced = cluster.sum(torch.stack([torch.as_tensor(loss, dtype=torch.float64) * weight,
+                                                   torch.tensor(float(stop), dtype=torch.float64)]))
+                loss, stop = reduced[0], reduced[1].item() > 0
+            total -= torch.as_tensor(loss, dtype=torch.float64, device=data.device) * (len(global_idx) / num_data)
+            unread.append((step, loss))
+            if stop or step % READ_EVERY == 0 or step == len(batches):
+                raise_if_not_finite(unread)
+                unread = []
+                bar.set_postfix(elbo=f"{total.item() / (step * batch_size):.2f}", refresh=False)
             if stop:
                 raise Interrupted()
-            total += -loss * len(global_idx) / num_data
-            seen += len(global_idx)
-            if progress and step % 10 == 0:
-                bar.set_postfix(elbo=f"{total / seen:.2f}", refresh=False)
-    if data.device.type == "cuda":
-        torch.cuda.synchronize(data.device)
-    return total / seen, time.perf_counter() - start
+    return total.item() / sum(len(b) for b in batches), time.perf_counter() - start
+
+
+def raise_if_not_finite(losses):
+    """:class:`NonFiniteLoss` for the first non-finite of ``losses`` [(step, loss)], read in one go."""
+    values = torch.stack([torch.as_tensor(loss, dtype=torch.float64) for _, loss in losses]).tolist()
+    for (step, _), value in zip(losses, values):
+        if not math.isfinite(value):
+            raise NonFiniteLoss(step, value)
 
 
 def proposal_guide(proposal):
