@@ -9,7 +9,9 @@ included), and autograd's backward, as one graph of ATen operations
 (``make_fx``), which ``torch.compile`` then compiles (Inductor: fused
 kernels). A step is then that graph, its gradients handed to the run's own
 optimizer. Parameters enter the graph by reference, so the optimizer's
-in-place updates reach it.
+in-place updates reach it (a program that makes new parameter tensors, a
+``pyro.param`` after ``pyro.clear_param_store()``, needs a new CompiledSVI;
+modules' parameters, which ``pyro.module`` registers, stay the same tensors).
 
 Trace_ELBO reads each log-density as a Python float for the loss it reports,
 and checks it for NaN on the host: two host synchronisations per step, and

@@ -102,13 +102,12 @@ def train_epoch(svi, data, batch_size, progress=True, description="train", shoul
                 loss = svi.step(data.train_batch(idx), idx, num_data)
             stop = should_stop is not None and should_stop()
             if cluster.active:  # every rank sees the same loss and stops at the same step
-                reduced = cluster.sum(torch.stack([torch.as_tensor(loss, dtype=torch.float64) * weight,
-                                                   torch.tensor(float(stop), dtype=torch.float64)]))
-                loss, stop = reduced[0], reduced[1].item() > 0
+                reduced = cluster.sum(torch.tensor([float(loss) * weight, float(stop)], dtype=torch.float64))
+                loss, stop = reduced[0].item(), reduced[1].item() > 0
             total -= torch.as_tensor(loss, dtype=torch.float64, device=data.device) * (len(global_idx) / num_data)
             unread.append((step, loss))
             if stop or step % READ_EVERY == 0 or step == len(batches):
-                raise_if_not_finite(unread)
+                raise_if_not_finite(unread, data.device)
                 unread = []
                 bar.set_postfix(elbo=f"{total.item() / (step * batch_size):.2f}", refresh=False)
             if stop:
@@ -116,9 +115,10 @@ def train_epoch(svi, data, batch_size, progress=True, description="train", shoul
     return total.item() / sum(len(b) for b in batches), time.perf_counter() - start
 
 
-def raise_if_not_finite(losses):
-    """:class:`NonFiniteLoss` for the first non-finite of ``losses`` [(step, loss)], read in one go."""
-    values = torch.stack([torch.as_tensor(loss, dtype=torch.float64) for _, loss in losses]).tolist()
+def raise_if_not_finite(losses, device):
+    """:class:`NonFiniteLoss` for the first non-finite of ``losses`` [(step, loss)] (floats, or tensors on
+    ``device``), read in one go."""
+    values = torch.stack([torch.as_tensor(loss, dtype=torch.float64, device=device) for _, loss in losses]).tolist()
     for (step, _), value in zip(losses, values):
         if not math.isfinite(value):
             raise NonFiniteLoss(step, value)
