@@ -164,8 +164,7 @@ def monte_carlo_em(model, x, iterations, warmup, samples, m_steps, lr, seed=0, p
     Every E-step runs on one recording of the sampler's steps (the new
     weights are read in place); "auto" ``compile`` counts all the rounds.
     """
-    if compile == "auto":
-        compile = iterations * (warmup + samples) >= nuts_sampler.AUTO_COMPILE_ITERATIONS
+    compile = nuts_sampler.resolve_compile(compile, iterations * (warmup + samples))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     init, history = None, []
     for iteration in range(1, iterations + 1):

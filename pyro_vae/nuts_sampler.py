@@ -126,6 +126,12 @@ class Leapfrog(torch.nn.Module):
         return z, r, grad, log_p, kinetic_energy(r, inverse_mass)
 
 
+def resolve_compile(compile, chain_iterations):
+    """``compile`` (True, False or "auto") as True or False for a run of
+    ``chain_iterations`` in all: "auto" compiles from ``AUTO_COMPILE_ITERATIONS`` on."""
+    return chain_iterations >= AUTO_COMPILE_ITERATIONS if compile == "auto" else bool(compile)
+
+
 def compile_leapfrog(log_density, z, compile=False):
     """The leapfrog step recorded once (:func:`record`) at ``z``'s shapes
     and checked against the Python at a second point: a step then costs its
@@ -573,8 +579,7 @@ def sample(log_density, init_z, warmup=500, samples=500, seed=0, max_tree_depth=
     iterations, each of shape (chains, samples): ``acceptance_rate``,
     ``tree_depth``, ``n_steps``, ``diverging``, ``energy``, ``step_size``).
     """
-    if compile == "auto":
-        compile = len(init_z) * (warmup + samples) >= AUTO_COMPILE_ITERATIONS
+    compile = resolve_compile(compile, len(init_z) * (warmup + samples))
     state = init(init_z, log_density)
     kernel = build_kernel(log_density, state, seed, max_tree_depth, compile, recorded)
     with tqdm(total=warmup + samples, disable=not progress, desc="NUTS", unit="it") as bar:
