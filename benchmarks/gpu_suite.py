@@ -12,6 +12,9 @@ For a session lent a GPU (see the device tool): it runs
    ``python -m pyro_vae.evaluate`` with K = 5000 on the full MNIST test set;
 4. NUTS on 1,000 test points of that model in one batch (4 chains,
    200 + 200, compiled), and AIS (500 steps, 16 chains) on the same points;
+5. ``benchmarks/nuts_many_points.py --device cuda``: joint NUTS, NUTS in
+   blocks, per point (with a depth cap) and ChEES-HMC on 1,000 points, and
+   the per-point methods on 10,000;
 
 and prints one table with the device's name. Paste it into the README.
 """
@@ -91,6 +94,13 @@ def main():
     rows.append(("IWAE K = 5000, full MNIST test set", f"{seconds:.0f} s",
                  f"log p(x) {result['log_likelihood']:.2f} ± {result['log_likelihood_se']:.2f}"))
     rows += posterior_checks(Path(ROOT, args.out), args.points)
+    for points, methods in [(1000, "joint,blocks,per-point,per-point-capped,chees"),
+                            (10000, "per-point-capped,chees")]:
+        seconds, out = shell(sys.executable, "benchmarks/nuts_many_points.py", "--data-dir", args.data_dir,
+                             "--device", "cuda", "--points", str(points), "--methods", methods)
+        rows += [(f"{points} points: {line.split('|')[1].strip()}", f"{line.split('|')[3].strip()} s",
+                  f"min ESS/s {line.split('|')[7].strip()}, max R-hat {line.split('|')[6].strip()}")
+                 for line in out.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     print(f"\n{device}, torch {torch.__version__}\n\n| check | time | result |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -9,8 +9,9 @@ second of total wall time). Rows added here, all through
 ``pyro_vae.mcmc.sample_latents`` on the registered ``bernoulli_mlp`` model
 holding the same weights, torch on one thread (the tensors are small):
 
-- ``pyro_vae, recorded``: ``compile=False``, the sampler's steps recorded
-  (``make_fx``) and run uncompiled;
+- ``pyro_vae, recorded``: ``compile=False``, the sampler's steps (the
+  leaf step, two leaves a call, and the tree merge) recorded (``make_fx``)
+  and run uncompiled;
 - ``pyro_vae, compiled, 1st process``: ``compile=True`` in a fresh process
   with an empty Inductor cache (``TORCHINDUCTOR_CACHE_DIR``): the seconds
   include recording and compiling;

@@ -138,7 +138,7 @@ class _Trajectory(torch.nn.Module):
 
 
 def _record(trajectory, z):
-    """``trajectory`` recorded once (``nuts_sampler.record``), as ``nuts_sampler.compile_leapfrog`` does,
+    """``trajectory`` recorded once (``nuts_sampler.record``), as ``nuts_sampler.record_steps`` does,
     and checked against the Python at a second point (other z, momenta, step and β); where recording fails
     or disagrees, the Python runs, with a warning."""
     trajectory = trajectory.eval()
@@ -170,7 +170,7 @@ def _initial_step(terms, state, beta, generator):
         return log_p0 + beta * log_ratio, grad_p0 + beta * grad_ratio
 
     start = NUTSState(state.z, state.log_p0 + beta * state.log_ratio, state.grad_p0 + beta * state.grad_ratio)
-    kernel = Kernel(Leapfrog(log_density), None, generator, 0)
+    kernel = Kernel(Leapfrog(log_density), None, None, generator, 0)
     step = initial_step_size(kernel, start, torch.full_like(start.log_p, 0.05), identity_metric(state.z))
     return step.clamp(STEP_MIN, STEP_MAX)
 

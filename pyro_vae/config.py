@@ -18,6 +18,7 @@ from pyro_vae.train import ELBOS
 
 INFERENCE = ("svi", "nuts")
 NUTS_MODES = ("fixed-decoder", "mcem")
+SAMPLERS = ("nuts", "chees")  # mcmc.sample_latents's samplers
 DEVICES = "auto, cpu, cuda or cuda:N"
 
 
@@ -51,6 +52,8 @@ class MCMCSettings:
     samples: int = 500
     em_iterations: int = 20  # mcem: E-step / M-step rounds
     m_steps: int = 20  # mcem: Adam steps on the decoder per round
+    sampler: str = "nuts"  # fixed-decoder: nuts, or chees (ChEES-HMC, every point its own chains)
+    block_size: int | None = None  # fixed-decoder nuts: points per joint trajectory (None: all of them)
 
     def validate(self):
         if self.mode not in NUTS_MODES:
@@ -58,6 +61,13 @@ class MCMCSettings:
         if min(self.subset, self.chains, self.samples, self.em_iterations, self.m_steps) < 1 or self.warmup < 0:
             raise UsageError("--subset, --chains, --samples, --em-iterations and --m-steps must be positive, "
                              "--warmup non-negative")
+        if self.sampler not in SAMPLERS:
+            raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.block_size is not None and not (1 <= self.block_size <= self.subset
+                                                 and self.subset % self.block_size == 0):
+            raise UsageError(f"--block-size must divide --subset ({self.subset}), got {self.block_size}")
+        if self.mode == "mcem" and (self.sampler != "nuts" or self.block_size is not None):
+            raise UsageError("--sampler and --block-size apply to --nuts-mode fixed-decoder")
 
 
 @dataclass

@@ -25,7 +25,8 @@ from pyro_vae.building_blocks import ACTIVATIONS
 from pyro_vae.checkpoint import CheckpointError
 from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, int_list, nonnegative_int, positive_float,
                           positive_int, report_out_of_memory)
-from pyro_vae.config import COMPILE_MODES, INFERENCE, LR_SCHEDULES, NUTS_MODES, EvaluationSettings, FitConfig, MCMCSettings
+from pyro_vae.config import (COMPILE_MODES, INFERENCE, LR_SCHEDULES, NUTS_MODES, SAMPLERS, EvaluationSettings,
+                             FitConfig, MCMCSettings)
 from pyro_vae.data import BINARIZE_MODES, DATASETS, DataError
 from pyro_vae.mcmc import fit_nuts
 from pyro_vae.registry import guide_names, model_names
@@ -134,6 +135,12 @@ def add_mcmc_flags(group, d):
                        help="mcem rounds (default %(default)s)")
     group.add_argument("--m-steps", dest="mcmc.m_steps", type=positive_int, default=d.m_steps,
                        help="mcem: Adam steps (--lr) on the decoder per round (default %(default)s)")
+    group.add_argument("--sampler", dest="mcmc.sampler", choices=SAMPLERS, default=d.sampler,
+                       help="fixed-decoder: nuts, or chees (ChEES-HMC: every point its own --chains chains, one "
+                            "adapted step size and trajectory length) (default %(default)s)")
+    group.add_argument("--block-size", dest="mcmc.block_size", type=positive_int, default=d.block_size, metavar="B",
+                       help="fixed-decoder nuts: points per joint trajectory, the blocks' trees in lockstep; 1: every "
+                            "point its own tree (default: all --subset points)")
 
 
 class StopRequest:

@@ -32,11 +32,12 @@ import arviz as az
 import pyro
 import torch
 
-from pyro_vae import nuts_sampler
+from pyro_vae import chees, nuts_sampler
 from pyro_vae.assembly import build_model, load_data, resolve_device
 from pyro_vae.building_blocks import frozen
 from pyro_vae.checkpoint import atomic_path, save_checkpoint, write_json
 from pyro_vae.cli import UsageError
+from pyro_vae.config import SAMPLERS
 from pyro_vae.density import log_density_for_sampler, log_joint_terms, plug_in_values
 from pyro_vae.posterior import MomentMatchedPosterior
 from pyro_vae.rundir import default_out, load_run, prepare_out, write_config, write_metrics
@@ -79,10 +80,23 @@ def sampler_target(model, x, chains, fixed=None):
     return target
 
 
+# how a statistic of the rows that one chain was split into (blocks, or single points) becomes the chain's
+REDUCE_ROWS = {"diverging": torch.any, "n_steps": torch.amax, "tree_depth": torch.amax, "energy": torch.sum}
+
+
 def sample_latents(model, x, chains=4, warmup=500, samples=500, init=None, seed=0, progress=False, fixed=None,
-                   compile="auto"):
-    """NUTS draws of z_1..z_N | x_1..x_N with the model's weights fixed (and
+                   compile="auto", sampler="nuts", block_size=None, max_tree_depth=10):
+    """Draws of z_1..z_N | x_1..x_N with the model's weights fixed (and
     its global sites at ``fixed``).
+
+    ``sampler``:
+
+    - "nuts" (``nuts_sampler``): each chain one NUTS trajectory over the
+      joint latents of ``block_size`` points (all N by default; 1 makes
+      every point its own chain), the blocks' trees in lockstep, each with
+      its own step size and metric, the trees capped at ``max_tree_depth``;
+    - "chees" (``chees``): every point its own ``chains`` chains of
+      jittered HMC, one step size and trajectory length adapted for all.
 
     ``init`` is a distribution over z with batch shape (N,) (an encoder's
     q(z | x), say): each chain starts from its own draw of it, so that chains
@@ -95,16 +109,31 @@ def sample_latents(model, x, chains=4, warmup=500, samples=500, init=None, seed=
     statistics of shape (chains, samples), seconds of wall time).
     """
     start = time.perf_counter()
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+    n_points, dim = len(x), model.latent_dim
+    block = 1 if sampler == "chees" else (n_points if block_size is None else block_size)
+    if not 1 <= block <= n_points or n_points % block:
+        raise ValueError(f"block_size must divide the {n_points} points, not {block_size!r}")
     pyro.set_rng_seed(seed)
-    shape = (chains, len(x), model.latent_dim)
+    shape = (chains, n_points, dim)
     with frozen(model), torch.no_grad():
         if init is None:
             z0 = torch.rand(shape, device=x.device, dtype=x.dtype) * 4 - 2
         else:
             z0 = init.sample((chains,)).to(x.dtype)
         target = sampler_target(model, x, chains, fixed)
-        draws, stats = nuts_sampler.sample(target.log_density, z0, warmup, samples, seed, progress=progress,
-                                           compile=compile, recorded=target.recorded)
+        rows = z0.reshape(-1, block, dim)  # chain-major: the density's rows follow x repeated per chain
+        if sampler == "nuts":
+            draws, stats = nuts_sampler.sample(target.log_density, rows, warmup, samples, seed, max_tree_depth,
+                                               progress, compile, target.recorded)
+        else:
+            draws, stats = chees.sample(target.log_density, rows, chains, warmup, samples, seed, progress, compile,
+                                        target.recorded)
+    blocks = n_points // block
+    draws = draws.reshape(chains, blocks, samples, block, dim).transpose(1, 2).reshape(chains, samples, *shape[1:])
+    stats = {name: REDUCE_ROWS.get(name, torch.mean)(value.reshape(chains, blocks, samples), 1)
+             for name, value in stats.items()}
     return draws, stats, time.perf_counter() - start
 
 
@@ -243,12 +272,13 @@ def fit_nuts(config, progress=True, log=print):
                                     settings.m_steps, config.lr, config.seed, progress, log,
                                     compile=config.compile_flag())
         write_metrics(out, history)
-    log(f"NUTS: {settings.chains} chains x ({settings.warmup} warm-up + {settings.samples} draws) on {len(x)} "
-        f"points, latent dim {model.latent_dim}, all chains in one batch")
+    log(f"{settings.sampler.upper()}: {settings.chains} chains x ({settings.warmup} warm-up + {settings.samples} "
+        f"draws) on {len(x)} points, latent dim {model.latent_dim}, all chains in one batch")
     init = None if init_guide is None else init_guide.posterior(x)
     draws, stats, sampling_seconds = sample_latents(model, x, settings.chains, settings.warmup, settings.samples,
                                                     init, config.seed, progress=progress,
-                                                    compile=config.compile_flag())
+                                                    compile=config.compile_flag(), sampler=settings.sampler,
+                                                    block_size=settings.block_size)
     return write_nuts_run(config, model, data, x, split, draws, stats, history, sampling_seconds,
                           time.perf_counter() - start, log)
 

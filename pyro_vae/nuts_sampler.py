@@ -14,12 +14,17 @@ NumPyro's NUTS do. Two things set it apart from those, both about speed:
   small blocks.
 
 Each iteration a chain builds its tree by repeated doubling (Hoffman &
-Gelman 2014). Every new subtree of 2^d leapfrog steps is computed whole;
-it is rejected if a step diverged or if any of its balanced sub-subtrees
-makes a U-turn, the checks recursive NUTS makes while building it. A draw is
-picked by multinomial sampling inside the subtree and biased progressive
-sampling between subtrees, and the tree stops at the generalised U-turn
-criterion (Betancourt 2017), as in Stan and NumPyro.
+Gelman 2014), and each new subtree one leapfrog step at a time, iteratively
+as NumPyro does: a leaf is picked by progressive multinomial sampling inside
+the subtree, every balanced sub-subtree is checked for a U-turn as its last
+leaf is made (against checkpoints of its first leaf's momentum and running
+sum), and the subtree stops at its first U-turn or divergence and is then
+rejected. Subtrees merge by biased progressive sampling, and the tree stops
+at the generalised U-turn criterion (Betancourt 2017), as in Stan and NumPyro.
+The leaf step (leapfrog and bookkeeping, two leaves a call) and the merge
+are recorded once each and, with ``compile``, compiled by Inductor
+(:func:`record_steps`): a transition is a Python loop over a handful of
+fused calls, whatever the depth.
 
 Warm-up is Stan's: the step size by dual averaging towards a mean acceptance
 statistic of 0.8 (Hoffman & Gelman 2014, algorithm 5); the mass matrix
@@ -31,11 +36,13 @@ All random numbers come from one ``torch.Generator`` seeded by ``seed``: the
 same seed on the same device gives the same draws.
 """
 
+import functools
 import math
 import warnings
 from typing import NamedTuple
 
 import torch
+import torch._inductor
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_map
 from tqdm import tqdm
@@ -43,9 +50,9 @@ from tqdm import tqdm
 MAX_ENERGY_ERROR = 1000.0  # a leapfrog step whose energy grows by more than this diverged (Stan's threshold)
 TARGET_ACCEPT = 0.8
 # sample(compile="auto") compiles from this many chain-iterations on: on 2 CPU cores compiling the
-# steps of a small model cost about 30 s in a fresh process (5 s with Inductor's on-disk cache) and
-# saved about 7 ms an iteration (README, "NUTS on torch.compile")
-AUTO_COMPILE_ITERATIONS = 4000
+# three steps of a small model cost about 21 s in a fresh process (3 s with Inductor's on-disk cache)
+# and saved about 16 ms an iteration (README, "NUTS on torch.compile")
+AUTO_COMPILE_ITERATIONS = 1000
 
 
 # --------------------------------------------------------------------------- the metric
@@ -110,8 +117,7 @@ def per_chain(value, like):
 class Leapfrog(torch.nn.Module):
     """One leapfrog step of signed size ``step`` (chains,) for every chain;
     ``grad`` is the gradient of log p at ``z``. Returns (z, r, grad, log p,
-    kinetic energy) after it. A module so that :func:`compile_leapfrog` can
-    record it, ``log_density`` included, as one graph."""
+    kinetic energy) after it."""
 
     def __init__(self, log_density):
         super().__init__()
@@ -132,29 +138,16 @@ def resolve_compile(compile, chain_iterations):
     return chain_iterations >= AUTO_COMPILE_ITERATIONS if compile == "auto" else bool(compile)
 
 
-def compile_leapfrog(log_density, z, compile=False):
-    """The leapfrog step recorded once (:func:`record`) at ``z``'s shapes
-    and checked against the Python at a second point: a step then costs its
-    tensor operations and none of the Python that produced them (for a Pyro
-    model, most of the cost)."""
-    leapfrog = Leapfrog(log_density).eval()
-    chains, n_points, dim = z.shape
-    eye = torch.eye(dim, device=z.device, dtype=z.dtype).expand(chains, n_points, dim, dim).contiguous()
-    step = torch.full((chains,), 0.1, device=z.device, dtype=z.dtype)
-    example = (z, torch.cos(3 * z), torch.zeros_like(z), step, eye)
-    check = (z + 0.1, torch.sin(2 * z), torch.cos(z), 2 * step, 2 * eye)  # any other point would do
-    return record(leapfrog, example, check, "NUTS", compile, stacklevel=4)
-
-
 def record(function, example, check, sampler, compile=False, stacklevel=3):
     """``function`` recorded once at the inputs ``example`` as a graph of
     the ATen operations it runs (``make_fx``: the gradient's operations
     included, the Python that produced them gone), and with ``compile``
-    compiled by ``torch.compile`` (Inductor: fused kernels, no per-operation
-    dispatch). Tensors it reads without taking them as inputs (a decoder's
-    weights, a data buffer) enter the graph by reference: changed in place,
-    the recording sees the new values, so one recording serves every call
-    with the same shapes.
+    compiled by Inductor (:func:`_inductor`: fused kernels, no per-operation
+    dispatch, and none of ``torch.compile``'s guards and wrappers around each
+    call, which cost 40 us of the 110 us a compiled leapfrog call took). Tensors it reads without taking them as inputs (a
+    decoder's weights, a data buffer) enter the graph by reference: changed
+    in place, the recording sees the new values, so one recording serves
+    every call with the same shapes.
 
     A recording keeps the one path the code took at ``example``, so it is
     checked against the Python at the inputs ``check`` (None: ``function``
@@ -174,14 +167,40 @@ def record(function, example, check, sampler, compile=False, stacklevel=3):
     if not compile:
         return graph
     try:
-        compiled = torch.compile(graph, dynamic=False, fullgraph=True)
+        compiled = _inductor(graph, _distinct(example))
         if _agree(compiled(*(check or example)), graph(*(check or example))):
             return compiled
         reason = "the compiled graph disagrees with the recording"
     except Exception as error:  # noqa: BLE001 -- no compiler, an unsupported operation: the recording still runs
         reason = str(error).strip().splitlines()[0]
-    warnings.warn(f"{sampler} runs uncompiled: torch.compile failed ({reason})", stacklevel=stacklevel)
+    warnings.warn(f"{sampler} runs uncompiled: compiling failed ({reason})", stacklevel=stacklevel)
     return graph
+
+
+def _inductor(graph, example):
+    """``graph`` compiled by Inductor (``torch._inductor.standalone_compile``,
+    for the shapes of ``example``), the tensors it reads by reference (a
+    decoder's weights, a data buffer) lifted to inputs and passed at every
+    call: so they stay by reference, and Inductor's on-disk graph cache,
+    which cannot key on captured tensors, serves a second process."""
+    lifted = torch.fx.Graph()
+    lifted.output(lifted.graph_copy(graph.graph, {}))
+    placeholders = [node for node in lifted.nodes if node.op == "placeholder"]
+    constants = []
+    for node in [node for node in lifted.nodes if node.op == "get_attr"]:
+        value = getattr(graph, node.target)
+        if not isinstance(value, torch.Tensor):
+            continue
+        with lifted.inserting_after(placeholders[-1]):
+            placeholders.append(lifted.placeholder(f"captured_{len(constants)}"))
+        placeholders[-1].meta = dict(node.meta)
+        node.replace_all_uses_with(placeholders[-1])
+        lifted.erase_node(node)
+        constants.append(value)
+    module = torch.fx.GraphModule(graph, lifted)
+    compiled = torch._inductor.standalone_compile(module, [*example, *constants],
+                                                  dynamic_shapes="from_example_inputs")
+    return lambda *args: compiled(*args, *constants)
 
 
 def _distinct(example):
@@ -208,26 +227,12 @@ def is_turning(r_left, r_right, r_sum, inverse_mass):
     when an end's velocity C r_end points against the trajectory, the sum
     taken without half of each end. C is symmetric, so (C r_end) . s =
     r_end . (C s) and one product with C serves both ends."""
-    r_sum = r_sum - 0.5 * (r_left + r_right)
-    v_sum = velocity(r_sum, inverse_mass)
+    return turns(r_left, r_right, velocity(r_sum - 0.5 * (r_left + r_right), inverse_mass))
+
+
+def turns(r_left, r_right, v_sum):
+    """:func:`is_turning` given the velocity ``v_sum`` of the momenta's sum without half of each end."""
     return (dot(r_left, v_sum) <= 0) | (dot(r_right, v_sum) <= 0)
-
-
-def subtree_turning(momenta, inverse_mass):
-    """Whether any balanced binary subtree (2, 4, ..., all leaves) of a new
-    subtree turns: the checks recursive NUTS makes while building it, here
-    all at once. ``momenta`` (2^d, chains, N, L) in the order the leaves were
-    made (the criterion is symmetric, so the direction does not matter)."""
-    firsts, lasts, sums = [], [], []
-    first = last = total = momenta  # blocks of one leaf; each pass pairs neighbouring blocks
-    while len(total) > 1:
-        first, last, total = first[0::2], last[1::2], total[0::2] + total[1::2]
-        firsts.append(first)
-        lasts.append(last)
-        sums.append(total)
-    if not sums:
-        return torch.zeros(momenta.shape[1], dtype=torch.bool, device=momenta.device)
-    return is_turning(torch.cat(firsts), torch.cat(lasts), torch.cat(sums), inverse_mass).any(0)
 
 
 def select(mask, new, old):
@@ -257,84 +262,180 @@ class Tree(NamedTuple):
 
 
 class Subtree(NamedTuple):
-    """The 2^d leaves of a new subtree, in the order they were made, each
-    (2^d, chains, ...), made in direction ``forward`` (chains,), with the
-    uniform draws that pick among them."""
+    """A new subtree of every chain, grown one leaf (leapfrog step) at a time
+    from an end of the tree; every field (chains, ...) except the
+    checkpoints (slots, chains, N, L)."""
 
-    z: torch.Tensor
+    z: torch.Tensor  # its last leaf, the trajectory's new end
     r: torch.Tensor
     grad: torch.Tensor
-    log_p: torch.Tensor
-    kinetic: torch.Tensor
-    forward: torch.Tensor
-    uniform_leaves: torch.Tensor  # (2^d, chains): picks a leaf inside the subtree
-    uniform: torch.Tensor  # (chains,): moves the draw into the subtree or not
+    pick_z: torch.Tensor  # the leaf picked so far, in proportion to exp(H0 - H)
+    pick_log_p: torch.Tensor
+    pick_grad: torch.Tensor
+    log_weight: torch.Tensor  # log of the sum over its leaves of exp(H0 - H); -inf before the first
+    r_sum: torch.Tensor  # the sum of its leaves' momenta
+    checkpoint_r: torch.Tensor  # momentum, its velocity and the running sum's velocity at the
+    checkpoint_v: torch.Tensor  # first leaf of each balanced sub-subtree still open
+    checkpoint_v_sum: torch.Tensor
+    building: torch.Tensor  # still growing: the tree was active and no leaf diverged or turned
+    failed: torch.Tensor  # a leaf diverged or a sub-subtree turned: the subtree is rejected
+    n_steps: torch.Tensor
+    accept_sum: torch.Tensor
+    diverged: torch.Tensor
 
 
-def extend_tree(tree, sub, energy0, inverse_mass):
-    """Merge the new subtree ``sub`` into ``tree``.
+def open_subtree(tree, forward, checkpoints):
+    """An empty :class:`Subtree` at the tree's end in each chain's direction
+    ``forward``. ``checkpoints`` (slots, chains, N, L) are reused as they
+    are: a leaf only reads a slot that an earlier leaf of its own subtree wrote."""
+    z, r, grad = select(forward, (tree.right_z, tree.right_r, tree.right_grad),
+                        (tree.left_z, tree.left_r, tree.left_grad))
+    zeros, no = torch.zeros_like(tree.log_weight), torch.zeros_like(tree.active)
+    return Subtree(z, r, grad, z, tree.log_p, grad, torch.full_like(zeros, -math.inf), torch.zeros_like(r),
+                   checkpoints, checkpoints, checkpoints, tree.active, no, zeros, zeros, no)
 
-    The subtree is rejected, and the tree stops growing, if a step diverged
-    or one of its balanced sub-subtrees turns. Otherwise a draw is picked
-    inside it in proportion to exp(H0 - H) (Gumbel-max on
-    ``uniform_leaves``), the tree's draw moves to it with probability
+
+@functools.lru_cache(maxsize=4096)
+def checkpoint_masks(first, count, slots, device):
+    """For leaves ``first`` .. ``first + count - 1`` of a subtree (numbered
+    from 0), which checkpoint slot each fills and which it checks against, as
+    boolean (count, slots) masks (NumPyro's ``_leaf_idx_to_ckpt_idxs``). An
+    even leaf opens sub-subtrees: it is stored in slot popcount(leaf // 2).
+    An odd leaf closes one balanced sub-subtree per trailing one bit of its
+    number, each begun at a stored leaf: slots popcount(leaf // 2) -
+    trailing + 1 .. popcount(leaf // 2)."""
+    store, check = torch.zeros(count, slots, dtype=torch.bool), torch.zeros(count, slots, dtype=torch.bool)
+    for i, leaf in enumerate(range(first, first + count)):
+        top = bin(leaf >> 1).count("1")
+        if leaf % 2 == 0:
+            store[i, top] = True
+        else:
+            trailing = (leaf ^ (leaf + 1)).bit_length() - 1
+            check[i, top - trailing + 1:top + 1] = True
+    return store.to(device), check.to(device)
+
+
+def add_leaf(leapfrog, sub, step, energy0, inverse_mass, uniform, store, check):
+    """One more leaf of the :class:`Subtree` ``sub``: a leapfrog step of
+    signed size ``step`` (zero where the chain has stopped building) from its
+    end, then the bookkeeping recursive NUTS does at a leaf, done iteratively
+    as in NumPyro:
+
+    - the leaf's weight exp(H0 - H); a divergence if H - H0 > 1000;
+    - progressive multinomial sampling: the picked leaf moves to the new one
+      with probability w_leaf / w_subtree (on ``uniform``), which picks each
+      leaf in proportion to its weight;
+    - the U-turn checks of every balanced sub-subtree that this leaf closes,
+      against the checkpoints ``check``, its first leaf's momentum and
+      running sum (Betancourt 2017's criterion); an even leaf is stored in
+      the checkpoint ``store``.
+
+    Pure tensor code with no branch on values and fixed shapes, so one
+    recording serves every leaf of every depth (:func:`record_steps`)."""
+    building = sub.building
+    z, r, grad, log_p, kinetic = leapfrog(sub.z, sub.r, sub.grad, step * building, inverse_mass)
+    v = velocity(r, inverse_mass)
+    log_w = torch.nan_to_num(energy0 + log_p - kinetic, nan=-math.inf)  # H0 - H
+    diverged = building & (log_w < -MAX_ENERGY_ERROR)
+    log_weight = torch.where(building, torch.logaddexp(sub.log_weight, log_w), sub.log_weight)
+    move = building & (uniform.log() < log_w - log_weight)
+    pick = select(move, (z, log_p, grad), (sub.pick_z, sub.pick_log_p, sub.pick_grad))
+    r_sum = torch.where(per_chain(building, r), sub.r_sum + r, sub.r_sum)
+    v_sum = velocity(r_sum, inverse_mass)
+    slot = store.view(-1, *[1] * r.dim())
+    checkpoint_r = torch.where(slot, r, sub.checkpoint_r)
+    checkpoint_v = torch.where(slot, v, sub.checkpoint_v)
+    checkpoint_v_sum = torch.where(slot, v_sum, sub.checkpoint_v_sum)
+    # the sub-subtree from a checkpointed leaf to this one: its momenta sum to r_sum - r_sum_ckpt + r_ckpt
+    v_sub = v_sum - checkpoint_v_sum + 0.5 * (checkpoint_v - v)
+    turning = (turns(checkpoint_r, r, v_sub) & check.view(-1, 1)).any(0)
+    stops = diverged | (building & turning)
+    return Subtree(z, r, grad, *pick, log_weight, r_sum, checkpoint_r, checkpoint_v, checkpoint_v_sum,
+                   building & ~stops, sub.failed | stops, sub.n_steps + building,
+                   sub.accept_sum + building * log_w.exp().clamp(max=1), sub.diverged | diverged)
+
+
+def extend_tree(tree, sub, forward, uniform, inverse_mass, next_forward):
+    """Merge the finished subtree ``sub``, grown in direction ``forward``,
+    into ``tree``, and open the next subtree in direction ``next_forward``
+    (:func:`open_subtree`); returns both. A failed subtree is rejected and the tree stops growing.
+    Otherwise the tree's draw moves to the subtree's pick with probability
     min(1, w_subtree / w_tree) (biased progressive sampling, on
-    ``uniform``), and the tree stops if the whole trajectory now turns.
-    Pure tensor code with no branch on values, so :class:`ExtendTree` can
-    record it once per depth.
-
-    Recursive NUTS stops building a subtree at its first U-turn or
-    divergence; here the whole subtree has been computed, so a divergence
-    past an inner U-turn is counted too, and its steps enter the acceptance
-    statistic. The draws are the same; the divergence count errs on the
-    side of warning.
-    """
-    active = tree.active
-    log_w = torch.nan_to_num(energy0 + sub.log_p - sub.kinetic, nan=-math.inf)  # (2^d, chains): H0 - H per leaf
-    diverged = (log_w < -MAX_ENERGY_ERROR).any(0)
-    accept_sum = tree.accept_sum + active * log_w.exp().clamp(max=1).sum(0)
-    n_steps = tree.n_steps + active * len(sub.z)
-    diverging = tree.diverging | (active & diverged)
-
-    pick = (log_w - torch.log(-torch.log(sub.uniform_leaves))).argmax(0)
-    index = torch.arange(len(pick), device=pick.device)
-    sub_log_weight = torch.logsumexp(log_w, 0)
-    ok = active & ~diverged & ~subtree_turning(sub.r, inverse_mass)
-    depth = tree.depth + ok  # as Stan counts: doublings that were kept
-    move = ok & (sub.uniform.log() < sub_log_weight - tree.log_weight)
-    z, log_p, grad = select(move, (sub.z[pick, index], sub.log_p[pick, index], sub.grad[pick, index]),
-                            (tree.z, tree.log_p, tree.grad))
-    log_weight = torch.where(ok, torch.logaddexp(tree.log_weight, sub_log_weight), tree.log_weight)
-    end = (sub.z[-1], sub.r[-1], sub.grad[-1])
-    right = select(ok & sub.forward, end, (tree.right_z, tree.right_r, tree.right_grad))
-    left = select(ok & ~sub.forward, end, (tree.left_z, tree.left_r, tree.left_grad))
-    r_sum = torch.where(per_chain(ok, sub.r[0]), tree.r_sum + sub.r.sum(0), tree.r_sum)
+    ``uniform``), the subtree's last leaf becomes the tree's end, and the
+    tree stops if the whole trajectory now turns. Every leaf built counts
+    in the acceptance statistic, the last one of a failed subtree too, as in Stan."""
+    ok = tree.active & ~sub.failed
+    move = ok & (uniform.log() < sub.log_weight - tree.log_weight)
+    z, log_p, grad = select(move, (sub.pick_z, sub.pick_log_p, sub.pick_grad), (tree.z, tree.log_p, tree.grad))
+    log_weight = torch.where(ok, torch.logaddexp(tree.log_weight, sub.log_weight), tree.log_weight)
+    end = (sub.z, sub.r, sub.grad)
+    right = select(ok & forward, end, (tree.right_z, tree.right_r, tree.right_grad))
+    left = select(ok & ~forward, end, (tree.left_z, tree.left_r, tree.left_grad))
+    r_sum = torch.where(per_chain(ok, sub.r), tree.r_sum + sub.r_sum, tree.r_sum)
     active = ok & ~is_turning(left[1], right[1], r_sum, inverse_mass)
-    return Tree(*left, *right, z, log_p, grad, log_weight, r_sum, active, depth, n_steps, accept_sum, diverging)
+    tree = Tree(*left, *right, z, log_p, grad, log_weight, r_sum, active, tree.depth + ok,
+                tree.n_steps + sub.n_steps, tree.accept_sum + sub.accept_sum, tree.diverging | sub.diverged)
+    return tree, open_subtree(tree, next_forward, sub.checkpoint_r)
 
 
-class ExtendTree:
-    """:func:`extend_tree` recorded (:func:`record`) once per subtree depth
-    (its shapes, and so its loops, depend on the depth only): a doubling
-    then costs its tensor operations, about a hundred, without the Python
-    around each. Recordings are shared by every run (module-level
-    ``RECORDED_EXTEND``): the function has no state."""
+class AddLeaves(torch.nn.Module):
+    """``count`` calls of :func:`add_leaf` in a row, with the leapfrog of
+    ``log_density``, over flat tensor arguments (a :class:`Subtree`'s
+    fields, then the step, H0, the metric, and per leaf the uniforms and the
+    checkpoint masks, each with a leading ``count`` axis): the form
+    :func:`record` takes. Two leaves a call halve the calls, and a U-turn
+    shows only at odd leaves anyway."""
 
-    def __init__(self, compile=False):
-        self.compile = compile
+    def __init__(self, log_density, count):
+        super().__init__()
+        self.leapfrog = Leapfrog(log_density)
+        self.count = count
 
-    def __call__(self, tree, sub, energy0, inverse_mass):
-        key = (len(sub.z), tuple(sub.z.shape), sub.z.dtype, sub.z.device, self.compile)
-        if key not in RECORDED_EXTEND:
-            # the recorder hands named tuples over as plain tuples
-            RECORDED_EXTEND[key] = record(
-                lambda tree, sub, energy0, inverse_mass: tuple(extend_tree(Tree(*tree), Subtree(*sub), energy0,
-                                                                           inverse_mass)),
-                (tuple(tree), tuple(sub), energy0, inverse_mass), None, "NUTS", self.compile)
-        return Tree(*RECORDED_EXTEND[key](tuple(tree), tuple(sub), energy0, inverse_mass))
+    def forward(self, *args):
+        n = len(Subtree._fields)
+        sub, (step, energy0, inverse_mass, uniforms, stores, checks) = Subtree(*args[:n]), args[n:]
+        for i in range(self.count):
+            sub = add_leaf(self.leapfrog, sub, step, energy0, inverse_mass, uniforms[i], stores[i], checks[i])
+        return tuple(sub)
 
 
-RECORDED_EXTEND = {}
+def _extend_flat(*args):
+    """:func:`extend_tree` over flat tensor arguments, returning flat tensors."""
+    n, m = len(Tree._fields), len(Subtree._fields)
+    tree, sub = extend_tree(Tree(*args[:n]), Subtree(*args[n:n + m]), *args[n + m:])
+    return (*tree, *sub)
+
+
+def record_steps(log_density, z, slots, compile=False):
+    """({1: one leaf step, 2: two leaf steps}, tree merge): :class:`AddLeaves`
+    with the leapfrog of ``log_density`` and :func:`extend_tree`, each
+    recorded once (:func:`record`) at ``z``'s shapes (chains, N, L) with
+    ``slots`` checkpoints, the leaf steps checked against the Python at a
+    second point. Three graphs serve every leaf and every doubling of every
+    transition."""
+    chains, n_points, dim = z.shape
+    eye = torch.eye(dim, device=z.device, dtype=z.dtype).expand(chains, n_points, dim, dim).contiguous()
+    scalar = torch.zeros(chains, device=z.device, dtype=z.dtype)
+    yes = torch.ones(chains, dtype=torch.bool, device=z.device)
+
+    def subtree(z, r, grad):  # its first leaf: the leaf is picked, so the check sees its log density
+        ckpt = torch.cos(z).expand(slots, *z.shape).contiguous()
+        return Subtree(z, r, grad, z, scalar, grad, scalar - math.inf, r, ckpt, 2 * ckpt, 3 * ckpt, yes, ~yes, scalar,
+                       scalar, ~yes)
+
+    leaves = {}
+    for count in (1, 2):
+        uniforms = torch.full((count, chains), 0.5, device=z.device, dtype=z.dtype)
+        example = (*subtree(z, torch.cos(3 * z), torch.zeros_like(z)), scalar + 0.1, scalar, eye, uniforms,
+                   *checkpoint_masks(0, count, slots, z.device))
+        check = (*subtree(z + 0.1, torch.sin(2 * z), torch.cos(z)), scalar - 0.2, scalar + 1, 2 * eye, 0.6 * uniforms,
+                 *checkpoint_masks(count, count, slots, z.device))
+        leaves[count] = record(AddLeaves(log_density, count).eval(), example, check, "NUTS", compile, stacklevel=5)
+    r = torch.cos(3 * z)
+    tree = Tree(z, r, z, z, r, z, z, scalar, z, scalar, r, yes, scalar.long(), scalar, scalar, ~yes)
+    extend = record(_extend_flat, (*tree, *subtree(z, torch.cos(3 * z), z), yes, scalar + 0.5, eye, ~yes), None,
+                    "NUTS", compile, stacklevel=5)
+    return leaves, extend
 
 
 # --------------------------------------------------------------------------- the kernel: init and step
@@ -359,11 +460,13 @@ class NUTSInfo(NamedTuple):
 
 
 class Kernel(NamedTuple):
-    """What a transition needs besides the state: the recorded leapfrog step
-    and tree bookkeeping, the random stream and the depth cap."""
+    """What a transition needs besides the state: the leapfrog (Python, for
+    the step-size heuristic), the recorded leaf steps and tree merge
+    (:func:`record_steps`), the random stream and the depth cap."""
 
     leapfrog: object
-    extend: ExtendTree
+    add_leaves: dict  # leaves a call -> the recorded step
+    extend: object
     generator: torch.Generator
     max_tree_depth: int
 
@@ -378,9 +481,10 @@ def init(z, log_density):
 
 
 def build_kernel(log_density, state, seed=0, max_tree_depth=10, compile=False, recorded=None):
-    """A :class:`Kernel` for ``log_density``: the leapfrog step recorded at
-    ``state``'s shapes (compiled with ``compile``), and one ``torch.Generator``
-    seeded by ``seed``, from which every random number of the run is drawn.
+    """A :class:`Kernel` for ``log_density``: the leaf step and the tree
+    merge recorded at ``state``'s shapes (compiled with ``compile``), and one
+    ``torch.Generator`` seeded by ``seed``, from which every random number of
+    the run is drawn.
 
     ``recorded``, a dict the caller keeps beside ``log_density``, holds its
     recordings by shape: a second run with it records nothing (compile once,
@@ -389,34 +493,21 @@ def build_kernel(log_density, state, seed=0, max_tree_depth=10, compile=False, r
     generator = torch.Generator(device=state.z.device)
     generator.manual_seed(seed)
     recorded = {} if recorded is None else recorded
-    key = (tuple(state.z.shape), state.z.dtype, state.z.device, bool(compile))
+    key = (tuple(state.z.shape), state.z.dtype, state.z.device, bool(compile), max_tree_depth)
     if key not in recorded:
-        recorded[key] = compile_leapfrog(log_density, state.z, compile)
-    return Kernel(recorded[key], ExtendTree(compile), generator, max_tree_depth)
-
-
-def build_subtree(kernel, tree, forward, step, depth, metric):
-    """2^depth leapfrog steps of signed size ``step`` on from the tree's end
-    in each chain's direction ``forward``, with the uniforms that pick among them."""
-    chains = len(step)
-    options = {"device": step.device, "dtype": step.dtype}
-    leaf = select(forward, (tree.right_z, tree.right_r, tree.right_grad), (tree.left_z, tree.left_r, tree.left_grad))
-    leaves = []
-    for _ in range(2**depth):
-        leaf = kernel.leapfrog(*leaf[:3], step, metric.inverse_mass)
-        leaves.append(leaf)
-    z, r, grad, log_p, kinetic = (torch.stack(t) for t in zip(*leaves))
-    uniform_leaves = torch.rand(2**depth, chains, generator=kernel.generator, **options)
-    uniform = torch.rand(chains, generator=kernel.generator, **options)
-    return Subtree(z, r, grad, log_p, kinetic, forward, uniform_leaves, uniform)
+        recorded[key] = record_steps(log_density, state.z, max_tree_depth, compile)
+    return Kernel(Leapfrog(log_density), *recorded[key], generator, max_tree_depth)
 
 
 def step(kernel, state, step_size, metric):
     """One multinomial NUTS transition of every chain: the tree doubles, in a
     random direction each time, until it stops or reaches the depth cap.
-    Returns the new :class:`NUTSState` and the :class:`NUTSInfo`."""
+    Each doubling grows a subtree of 2^depth leaves one leapfrog step at a
+    time and stops it early once every chain's subtree has diverged or
+    turned, as recursive NUTS does. Returns the new :class:`NUTSState` and
+    the :class:`NUTSInfo`."""
     z, log_p, grad = state
-    chains = z.shape[0]
+    chains, slots = z.shape[0], kernel.max_tree_depth
     options = {"device": z.device, "dtype": z.dtype}
     r = sample_momentum(metric, kernel.generator)
     energy0 = -log_p + kinetic_energy(r, metric.inverse_mass)
@@ -425,13 +516,24 @@ def step(kernel, state, step_size, metric):
                 active=torch.ones(chains, dtype=torch.bool, device=z.device),
                 depth=torch.zeros(chains, dtype=torch.long, device=z.device), n_steps=zeros, accept_sum=zeros,
                 diverging=torch.zeros(chains, dtype=torch.bool, device=z.device))
+    n_tree = len(Tree._fields)
+    forward = torch.rand(chains, generator=kernel.generator, **options) < 0.5
+    sub = open_subtree(tree, forward, z.new_zeros(slots, *z.shape))
     for depth in range(kernel.max_tree_depth):
         if not tree.active.any():
             break
-        forward = torch.rand(chains, generator=kernel.generator, **options) < 0.5
-        signed = step_size * (forward.to(z.dtype) * 2 - 1) * tree.active  # a stopped chain stands still
-        subtree = build_subtree(kernel, tree, forward, signed, depth, metric)
-        tree = kernel.extend(tree, subtree, energy0, metric.inverse_mass)
+        signed = step_size * (forward.to(z.dtype) * 2 - 1)
+        uniforms = torch.rand(2**depth + 1, chains, generator=kernel.generator, **options)
+        for first in range(0, 2**depth, 2):
+            count = min(2, 2**depth)
+            sub = Subtree(*kernel.add_leaves[count](*sub, signed, energy0, metric.inverse_mass,
+                                                    uniforms[first:first + count],
+                                                    *checkpoint_masks(first, count, slots, z.device)))
+            if not sub.building.any():
+                break
+        next_forward = torch.rand(chains, generator=kernel.generator, **options) < 0.5
+        merged = kernel.extend(*tree, *sub, forward, uniforms[-1], metric.inverse_mass, next_forward)
+        tree, sub, forward = Tree(*merged[:n_tree]), Subtree(*merged[n_tree:]), next_forward
     info = NUTSInfo(tree.accept_sum / tree.n_steps, tree.depth, tree.n_steps, tree.diverging, energy0)
     return NUTSState(tree.z, tree.log_p, tree.grad), info
 
@@ -510,8 +612,16 @@ def adaptation_windows(warmup, init_buffer=75, term_buffer=50, base_window=25):
 
 
 class WindowCovariance:
-    """Running (Welford) mean and covariance of each point's draws, per chain;
-    ``estimate`` is Stan's regularised n/(n+5) S + 1e-3 * 5/(n+5) I."""
+    """Running (Welford) mean and covariance of each point's draws, per chain.
+
+    ``estimate``: the sample covariance S of the window's n draws, shrunk
+    towards its diagonal by L / (n + L), then Stan's regularisation
+    n/(n+5) S' + 1e-3 * 5/(n+5) I. Unshrunk, a dense L x L block from fewer
+    draws than L is singular: Stan's first windows hold 25 and 50 draws, and
+    with L = 50 (MNIST) the near-zero inverse-mass directions hardly move,
+    so trees ran to the depth cap (1,023 leapfrog steps an iteration) until
+    the last window. The shrinkage fades as draws accumulate (0.2 at 200
+    draws of L = 50; 0.01 at 200 draws of L = 2)."""
 
     def __init__(self, like):
         self.n = 0
@@ -525,8 +635,11 @@ class WindowCovariance:
         self.scatter = self.scatter + delta.unsqueeze(-1) * (z - self.mean).unsqueeze(-2)
 
     def estimate(self):
-        n, eye = self.n, torch.eye(self.mean.shape[-1], device=self.mean.device, dtype=self.mean.dtype)
+        n, dim = self.n, self.mean.shape[-1]
+        eye = torch.eye(dim, device=self.mean.device, dtype=self.mean.dtype)
         covariance = self.scatter / max(n - 1, 1)
+        shrink = dim / (n + dim)
+        covariance = (1 - shrink) * covariance + shrink * torch.diag_embed(covariance.diagonal(dim1=-2, dim2=-1))
         return n / (n + 5.0) * covariance + 1e-3 * 5.0 / (n + 5.0) * eye
 
 

@@ -113,7 +113,10 @@ def test_diagnostics_warn_on_disagreeing_chains():
 def test_nuts_usage_errors(tmp_path, capsys, decoder_run):
     for args, message in [([], "--decoder-from"),
                           (["--decoder-from", str(decoder_run.out), "--subset", "100000"], "larger than"),
-                          (["--decoder-from", str(tmp_path)], "checkpoint.pt: no checkpoint")]:
+                          (["--decoder-from", str(tmp_path)], "checkpoint.pt: no checkpoint"),
+                          (["--decoder-from", str(decoder_run.out), "--subset", "6", "--block-size", "4"],
+                           "--block-size must divide --subset (6)"),
+                          (["--nuts-mode", "mcem", "--sampler", "chees"], "apply to --nuts-mode fixed-decoder")]:
         with pytest.raises(SystemExit) as info:
             main(["--inference", "nuts", *args, "--out", str(tmp_path / "o")])
         err = capsys.readouterr().err
@@ -125,3 +128,48 @@ def test_same_seed_same_draws(decoder_run):
     a = sample_latents(model, x, chains=1, warmup=30, samples=30, seed=3)[0]
     b = sample_latents(model, x, chains=1, warmup=30, samples=30, seed=3)[0]
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("options", [{"block_size": 1}, {"block_size": 3}, {"block_size": 1, "max_tree_depth": 3},
+                                     {"sampler": "chees"}])
+def test_many_points_samplers_match_exact_posterior(decoder_run, options):
+    """Every point its own NUTS tree (with or without a depth cap), blocks
+    of points, and ChEES-HMC with every point its own chains: the same exact
+    posterior as the joint chain."""
+    model, x = decoder_run.model, decoder_run.data.test_x[:6]
+    # ChEES learns its trajectory length from all rows at once: 24 rows need a longer warm-up than NUTS
+    warmup = 1000 if options.get("sampler") == "chees" else 200
+    draws, stats, _ = sample_latents(model, x, chains=4, warmup=warmup, samples=600, seed=1, compile=False, **options)
+    assert draws.shape == (4, 600, 6, 2) and stats["diverging"].shape == (4, 600)
+    with torch.no_grad():
+        exact = model.exact_posterior(x)
+    idata = az.from_dict(posterior={"z": draws.numpy()})
+    ess = torch.as_tensor(az.ess(idata)["z"].values)
+    flat = draws.reshape(-1, 6, 2)
+    assert torch.all((flat.mean(0) - exact.mean).abs() < 5 * exact.stddev / ess.sqrt())
+    squares = az.from_dict(posterior={"z": ((draws - exact.mean) ** 2).numpy()})
+    ess_squares = torch.as_tensor(az.ess(squares, method="mean")["z"].values)
+    assert torch.all((flat.var(0) / exact.variance - 1).abs() < 5 * (2 / ess_squares).sqrt())
+    assert float(az.rhat(idata)["z"].max()) <= 1.01
+    assert not stats["diverging"].any()
+    if "max_tree_depth" in options:
+        assert int(stats["tree_depth"].max()) <= 3
+
+
+def test_many_points_usage_errors(decoder_run):
+    model, x = decoder_run.model, decoder_run.data.test_x[:6]
+    with pytest.raises(ValueError, match="block_size must divide the 6 points"):
+        sample_latents(model, x, chains=1, warmup=5, samples=5, block_size=4)
+    with pytest.raises(ValueError, match="sampler must be one of nuts, chees"):
+        sample_latents(model, x, chains=1, warmup=5, samples=5, sampler="hmc")
+
+
+@pytest.mark.parametrize("flags", [["--block-size", "2"], ["--sampler", "chees"]])
+def test_many_points_samplers_from_the_command_line(decoder_run, tmp_path, flags):
+    out = tmp_path / "run"
+    main(["--inference", "nuts", "--decoder-from", str(decoder_run.out), "--subset", "6", "--chains", "2",
+          "--warmup", "40", "--samples", "30", "--compile", "off", "--out", str(out), "--no-progress", *flags])
+    idata = az.from_netcdf(out / "posterior.nc")
+    assert idata.posterior["z"].shape == (2, 30, 6, 2)
+    assert idata.sample_stats["diverging"].shape == (2, 30)
+    assert json.loads((out / "config.json").read_text())["mcmc"][flags[0][2:].replace("-", "_")] in (2, "chees")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
-from pyro_vae import mcmc, nuts_sampler
+from pyro_vae import chees, mcmc, nuts_sampler
 from pyro_vae.building_blocks import frozen
 from pyro_vae.density import log_density_for_sampler, log_joint_terms
 from pyro_vae.mcmc import sample_latents, sampler_target
@@ -34,8 +34,8 @@ def gaussian_target(n_points=6, dim=2, seed=0):
 def test_draws_match_correlated_gaussians():
     mean, covariance, log_density = gaussian_target()
     init = torch.zeros(3, *mean.shape)
-    draws, stats = nuts_sampler.sample(log_density, init, warmup=300, samples=600, seed=1)
-    assert draws.shape == (3, 600, *mean.shape)
+    draws, stats = nuts_sampler.sample(log_density, init, warmup=300, samples=1000, seed=1)
+    assert draws.shape == (3, 1000, *mean.shape)
     idata = az.from_dict(posterior={"z": draws.numpy()})
     ess = torch.as_tensor(az.ess(idata)["z"].values)
     assert float(az.rhat(idata)["z"].max()) < 1.01
@@ -62,22 +62,49 @@ def test_same_seed_same_draws_other_seed_other_draws():
     assert not torch.equal(run(4), run(5))
 
 
-def test_subtree_turning_is_the_recursive_check():
-    """All balanced sub-subtrees at once equals checking them one by one."""
+def recursive_turning(momenta, inverse_mass):
+    """Whether any balanced binary subtree (2, 4, ..., all leaves) of a
+    subtree with leaf momenta ``momenta`` (2^d, chains, N, L) turns: the
+    checks recursive NUTS makes, one by one."""
+    turning = torch.zeros(momenta.shape[1], dtype=torch.bool)
+    size = 2
+    while size <= len(momenta):
+        for start in range(0, len(momenta), size):
+            block = momenta[start:start + size]
+            turning |= nuts_sampler.is_turning(block[0], block[-1], block.sum(0), inverse_mass)
+        size *= 2
+    return turning
+
+
+def test_checkpointed_uturn_checks_are_the_recursive_ones():
+    """Leaf by leaf, with checkpoints holding stale values from an earlier
+    subtree, the iterative checks reject a subtree exactly when one of its
+    balanced sub-subtrees turns."""
     g = torch.Generator().manual_seed(0)
-    for depth in range(5):
+    slots = 6
+    for depth in range(6):
         for _ in range(20):
             momenta = torch.randn(2**depth, 3, 4, 2, generator=g)
             factor = torch.randn(3, 4, 2, 2, generator=g)
             inverse_mass = factor @ factor.mT + 0.1 * torch.eye(2)
-            expected = torch.zeros(3, dtype=torch.bool)
-            size = 2
-            while size <= len(momenta):
-                for start in range(0, len(momenta), size):
-                    block = momenta[start:start + size]
-                    expected |= nuts_sampler.is_turning(block[0], block[-1], block.sum(0), inverse_mass)
-                size *= 2
-            assert torch.equal(nuts_sampler.subtree_turning(momenta, inverse_mass), expected)
+            leaves = iter(momenta)
+
+            def leapfrog(z, r, grad, step, inverse_mass):  # hands out the prescribed momenta, H constant
+                return z, next(leaves), grad, torch.zeros(3), torch.zeros(3)
+
+            stale = torch.randn(slots, 3, 4, 2, generator=g)
+            zeros, yes = torch.zeros(3), torch.ones(3, dtype=torch.bool)
+            z = torch.zeros(3, 4, 2)
+            sub = nuts_sampler.Subtree(z, z, z, z, zeros, z, torch.full((3,), -math.inf), z, stale, 2 * stale,
+                                       3 * stale, yes, ~yes, zeros, zeros, ~yes)
+            turned = torch.zeros(3, dtype=torch.bool)
+            for leaf in range(2**depth):
+                store, check = nuts_sampler.checkpoint_masks(leaf, 1, slots, z.device)
+                sub = nuts_sampler.add_leaf(leapfrog, sub, zeros, zeros, inverse_mass, torch.full((3,), 0.5),
+                                            store[0], check[0])
+                turned |= sub.failed
+                sub = sub._replace(building=yes, failed=~yes)  # go on to the end to see every check
+            assert torch.equal(turned, recursive_turning(momenta, inverse_mass))
 
 
 def test_is_turning_on_a_circle():
@@ -100,15 +127,28 @@ def test_warmup_windows_are_stans():
     assert nuts_sampler.adaptation_windows(10) == []
 
 
-def test_recorded_leapfrog_equals_the_python_one():
+def test_recorded_steps_equal_the_python_ones():
     mean, _, log_density = gaussian_target(n_points=4)
     z = torch.randn(2, *mean.shape)
-    recorded = nuts_sampler.compile_leapfrog(log_density, z)
-    assert isinstance(recorded, torch.fx.GraphModule)  # a recording, not the Python
-    args = (z, torch.randn_like(z), log_density(z)[1], torch.tensor([0.2, -0.3]),
-            torch.eye(2).expand(2, 4, 2, 2).contiguous())
-    for a, b in zip(recorded(*args), nuts_sampler.Leapfrog(log_density)(*args)):
-        assert torch.allclose(a, b, atol=1e-6)
+    leaves, extend = nuts_sampler.record_steps(log_density, z, slots=5)
+    assert isinstance(leaves[2], torch.fx.GraphModule)  # a recording, not the Python
+    g = torch.Generator().manual_seed(1)
+    state = lambda: torch.randn(z.shape, generator=g)  # noqa: E731
+    ckpt = torch.randn(5, *z.shape, generator=g)
+    yes = torch.tensor([True, False])
+    sub = nuts_sampler.Subtree(state(), state(), state(), state(), torch.randn(2), state(), torch.tensor([-1.0, 0.3]),
+                               state(), ckpt, 2 * ckpt, 3 * ckpt, yes, ~yes, torch.ones(2), torch.ones(2), ~yes)
+    inverse_mass = torch.eye(2).expand(2, 4, 2, 2).contiguous()
+    args = (*sub, torch.tensor([0.2, -0.3]), torch.tensor([3.0, -2.0]), inverse_mass, torch.rand(2, 2, generator=g),
+            *nuts_sampler.checkpoint_masks(2, 2, 5, z.device))
+    for a, b in zip(leaves[2](*args), nuts_sampler.AddLeaves(log_density, 2)(*args)):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+    tree = nuts_sampler.Tree(state(), state(), state(), state(), state(), state(), state(), torch.randn(2), state(),
+                             torch.randn(2), state(), yes, torch.ones(2, dtype=torch.long), torch.ones(2),
+                             torch.ones(2), ~yes)
+    args = (*tree, *sub, torch.tensor([True, False]), torch.rand(2, generator=g), inverse_mass, yes)
+    for a, b in zip(extend(*args), nuts_sampler._extend_flat(*args)):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("failure", ["disagrees", "raises"])
@@ -127,8 +167,8 @@ def test_a_density_that_cannot_be_recorded_runs_in_python(failure):
 
     z = torch.zeros(1, *mean.shape)
     with pytest.warns(UserWarning, match="could not be recorded"):
-        leapfrog = nuts_sampler.compile_leapfrog(log_density, z)
-    assert isinstance(leapfrog, nuts_sampler.Leapfrog)
+        leaves, _ = nuts_sampler.record_steps(log_density, z, slots=3)
+    assert isinstance(leaves[1], nuts_sampler.AddLeaves) and isinstance(leaves[2], nuts_sampler.AddLeaves)
     draws, _ = nuts_sampler.sample(gaussian, torch.zeros(1, *mean.shape), 30, 10, seed=0)
     with pytest.warns(UserWarning):
         same, _ = nuts_sampler.sample(log_density, torch.zeros(1, *mean.shape), 30, 10, seed=0)
@@ -157,11 +197,12 @@ def test_nuts_target_is_the_model_program(name):
 
 
 def test_compiled_sampler_matches_the_gaussian():
-    """``compile=True``: the leapfrog and the tree steps go through
-    torch.compile (Inductor) and still sample the exact posterior."""
+    """``compile=True``: the leaf steps and the tree merge go through
+    Inductor and still sample the exact posterior."""
     mean, covariance, log_density = gaussian_target(n_points=3)
-    compiled = nuts_sampler.compile_leapfrog(log_density, torch.zeros(2, *mean.shape), compile=True)
-    assert not isinstance(compiled, (torch.fx.GraphModule, nuts_sampler.Leapfrog))  # the compiled graph
+    leaves, extend = nuts_sampler.record_steps(log_density, torch.zeros(2, *mean.shape), slots=4, compile=True)
+    for compiled in (leaves[1], leaves[2], extend):  # compiled, not the recording or the Python
+        assert not isinstance(compiled, (torch.fx.GraphModule, nuts_sampler.AddLeaves))
     draws, stats = nuts_sampler.sample(log_density, torch.zeros(2, *mean.shape), 150, 300, seed=2, compile=True,
                                        max_tree_depth=4)
     flat = draws.reshape(-1, *mean.shape)
@@ -181,30 +222,32 @@ def test_a_failed_compilation_runs_the_recording(monkeypatch):
     def no_compiler(*args, **kwargs):
         raise RuntimeError("no C++ compiler here")
 
-    monkeypatch.setattr(torch, "compile", no_compiler)
-    with pytest.warns(UserWarning, match="runs uncompiled: torch.compile failed \\(no C\\+\\+ compiler here\\)"):
-        leapfrog = nuts_sampler.compile_leapfrog(log_density, torch.zeros(1, *mean.shape), compile=True)
-    assert isinstance(leapfrog, torch.fx.GraphModule)
+    monkeypatch.setattr(torch._inductor, "standalone_compile", no_compiler)
+    with pytest.warns(UserWarning, match="runs uncompiled: compiling failed \\(no C\\+\\+ compiler here\\)"):
+        leaves, extend = nuts_sampler.record_steps(log_density, torch.zeros(1, *mean.shape), slots=3, compile=True)
+    assert isinstance(leaves[2], torch.fx.GraphModule) and isinstance(extend, torch.fx.GraphModule)
 
 
-def test_one_recording_follows_new_weights_and_data():
-    """Monte Carlo EM's E-steps and repeated calls reuse one recording:
-    weights changed in place and new data of the same shape reach it."""
+@pytest.mark.parametrize("compile", [False, True])
+def test_one_recording_follows_new_weights_and_data(compile):
+    """Monte Carlo EM's E-steps and repeated calls reuse one recording
+    (compiled or not): weights changed in place and new data of the same
+    shape reach it."""
     model = get_model("bernoulli_mlp")(data_dim=6, latent_dim=2, hidden_dims=(5,)).eval()
     x = (torch.rand(4, 6, generator=torch.Generator().manual_seed(0)) < 0.5).float()
     first = sampler_target(model, x, 1)
-    sample_latents(model, x, chains=1, warmup=10, samples=5, seed=0, compile=False)
+    sample_latents(model, x, chains=1, warmup=10, samples=5, seed=0, compile=compile)
     assert len(first.recorded) == 1
     with torch.no_grad():
         model.decoder[0].weight.mul_(-2.0)
     y = 1 - x
-    reused = sample_latents(model, y, chains=1, warmup=30, samples=20, seed=1, compile=False)[0]
+    reused = sample_latents(model, y, chains=1, warmup=30, samples=20, seed=1, compile=compile)[0]
     assert sampler_target(model, y, 1).recorded is first.recorded and len(first.recorded) == 1
     z = torch.randn(1, 4, 2)
     with frozen(model):
         assert torch.allclose(first.log_density(z)[0], log_density_for_sampler(model, y, 1)(z)[0])
     mcmc.TARGETS.clear()  # a fresh recording at the new weights and data samples the same chain
-    fresh = sample_latents(model, y, chains=1, warmup=30, samples=20, seed=1, compile=False)[0]
+    fresh = sample_latents(model, y, chains=1, warmup=30, samples=20, seed=1, compile=compile)[0]
     assert torch.allclose(reused, fresh, atol=1e-5)
 
 
@@ -213,3 +256,36 @@ def test_a_recording_keeps_arguments_that_were_one_tensor_apart():
     its recording must still read the two ends from their own inputs."""
     add = nuts_sampler.record(lambda a, b: (a + 2 * b,), (torch.ones(3),) * 2, None, "test")
     assert torch.equal(add(torch.ones(3), torch.zeros(3))[0], torch.ones(3))
+
+
+def test_chees_matches_correlated_gaussians():
+    """ChEES-HMC, every point its own four chains (rows chain-major), on
+    correlated Gaussians with correlations up to 0.99."""
+    mean, covariance, _ = gaussian_target()
+    precision = torch.linalg.inv(covariance)
+    n_points, dim = mean.shape
+
+    def log_density(z):  # one row per (chain, point)
+        centred = z.reshape(-1, n_points, dim) - mean
+        grad = -(precision @ centred.unsqueeze(-1)).squeeze(-1)
+        return (0.5 * (centred * grad).sum(-1)).reshape(-1), grad.reshape(z.shape)
+
+    draws, stats = chees.sample(log_density, torch.zeros(4 * n_points, 1, dim), 4, warmup=300, samples=1000, seed=0)
+    draws = draws.reshape(4, n_points, 1000, dim).transpose(1, 2)  # (chains, samples, N, L)
+    idata = az.from_dict(posterior={"z": draws.numpy()})
+    ess = torch.as_tensor(az.ess(idata)["z"].values)
+    assert float(az.rhat(idata)["z"].max()) < 1.01
+    flat = draws.reshape(-1, n_points, dim)
+    sd = covariance.diagonal(dim1=-2, dim2=-1).sqrt()
+    assert torch.all((flat.mean(0) - mean).abs() < 5 * sd / ess.sqrt())
+    squares = az.from_dict(posterior={"z": ((draws - mean) ** 2).numpy()})
+    ess_squares = torch.as_tensor(az.ess(squares, method="mean")["z"].values)
+    assert torch.all((flat.var(0) / sd**2 - 1).abs() < 5 * (2 / ess_squares).sqrt())
+    assert not stats["diverging"].any()
+    assert stats["n_steps"].shape == (4 * n_points, 1000) and int(stats["n_steps"].min()) >= 1
+    again, _ = chees.sample(log_density, torch.zeros(4 * n_points, 1, dim), 4, warmup=300, samples=1000, seed=0)
+    assert torch.equal(draws, again.reshape(4, n_points, 1000, dim).transpose(1, 2))
+
+
+def test_chees_jitter_is_the_van_der_corput_sequence():
+    assert [chees.jitter(i) for i in range(1, 8)] == [0.5, 0.25, 0.75, 0.125, 0.625, 0.375, 0.875]
