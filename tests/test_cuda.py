@@ -1,11 +1,13 @@
 """Checks that need a CUDA device (``benchmarks/gpu_suite.py`` runs them on a lent GPU); they skip without one."""
 
+import arviz as az
 import pyro
 import pytest
 import torch
 
 from pyro_vae import nuts_sampler, train
 from pyro_vae.data import load_dataset
+from pyro_vae.mcmc import sample_latents
 from pyro_vae.registry import get_guide, get_model
 from pyro_vae.train import make_svi, train_epoch
 
@@ -56,3 +58,16 @@ def test_compiled_nuts_on_cuda_samples_a_gaussian():
                                        compile=True)
     assert draws.is_cuda and not stats["diverging"].any()
     assert torch.allclose(draws.reshape(-1, 2, 2).mean(0), mean, atol=0.2)
+
+
+def test_many_points_samplers_on_cuda():
+    """A tree per point and ChEES-HMC, compiled, on the GPU, through the model's own program."""
+    torch.manual_seed(0)
+    model = get_model("bernoulli_mlp")(data_dim=8, latent_dim=2, hidden_dims=(16,)).cuda().eval()
+    x = (torch.rand(20, 8, device="cuda") < 0.5).float()
+    for options in ({"block_size": 1}, {"sampler": "chees"}):
+        draws, stats, _ = sample_latents(model, x, chains=4, warmup=300, samples=200, seed=0, compile=True, **options)
+        assert draws.is_cuda and draws.shape == (4, 200, 20, 2)
+        assert torch.isfinite(draws).all() and not stats["diverging"].any()
+        summary = az.summary(az.from_dict(posterior={"z": draws.cpu().numpy()}), kind="diagnostics")
+        assert float(summary["r_hat"].max()) < 1.05, options
