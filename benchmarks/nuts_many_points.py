@@ -22,7 +22,6 @@ deviations.
 
 import argparse
 import tempfile
-import time
 
 import arviz as az
 import numpy as np

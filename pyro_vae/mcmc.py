@@ -301,8 +301,9 @@ def write_nuts_run(config, model, data, x, split, draws, stats, history, samplin
                "seconds_per_point": sampling_seconds / len(x), "warnings": warnings}
     write_json(out / "summary.json", summary)
     r_hat = "n/a (one chain)" if figures["max_r_hat"] is None else f"{figures['max_r_hat']:.3f}"
-    log(f"NUTS done in {sampling_seconds:.1f}s: {figures['divergences']} divergences, max R-hat {r_hat}, "
-        f"min bulk ESS {figures['min_ess_bulk']:.0f}, min tail ESS {figures['min_ess_tail']:.0f}; wrote {out}")
+    log(f"{settings.sampler.upper()} done in {sampling_seconds:.1f}s: {figures['divergences']} divergences, "
+        f"max R-hat {r_hat}, min bulk ESS {figures['min_ess_bulk']:.0f}, min tail ESS {figures['min_ess_tail']:.0f}; "
+        f"wrote {out}")
     for warning in warnings:
         log(f"warning: {warning}")
     return FitResult(model, posterior, data, config, history, summary, out)
