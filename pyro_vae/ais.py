@@ -43,7 +43,7 @@ from tqdm import tqdm
 from pyro_vae.building_blocks import frozen
 from pyro_vae.density import LATENT, log_joint_terms, observation
 from pyro_vae.estimators import mean_and_se
-from pyro_vae.nuts_sampler import (Kernel, Leapfrog, NUTSState, dot, identity_metric, initial_step_size, per_chain,
+from pyro_vae.nuts_sampler import (Leapfrog, NUTSState, dot, identity_metric, initial_step_size, per_chain,
                                    record, select)
 
 TARGET_ACCEPT = 0.65  # optimal for HMC in high dimension (Beskos et al. 2013); Wu et al.'s target
@@ -170,8 +170,8 @@ def _initial_step(terms, state, beta, generator):
         return log_p0 + beta * log_ratio, grad_p0 + beta * grad_ratio
 
     start = NUTSState(state.z, state.log_p0 + beta * state.log_ratio, state.grad_p0 + beta * state.grad_ratio)
-    kernel = Kernel(Leapfrog(log_density), None, None, generator, 0)
-    step = initial_step_size(kernel, start, torch.full_like(start.log_p, 0.05), identity_metric(state.z))
+    step = initial_step_size(Leapfrog(log_density), generator, start, torch.full_like(start.log_p, 0.05),
+                             identity_metric(state.z))
     return step.clamp(STEP_MIN, STEP_MAX)
 
 

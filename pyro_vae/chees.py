@@ -41,9 +41,9 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-from pyro_vae.nuts_sampler import (MAX_ENERGY_ERROR, DualAveraging, Leapfrog, NUTSState, Kernel, WindowCovariance,
-                                   adaptation_windows, dense_block_metric, identity_metric, init, initial_step_size,
-                                   kinetic_energy, record, resolve_compile, sample_momentum, select, velocity)
+from pyro_vae.nuts_sampler import (MAX_ENERGY_ERROR, DualAveraging, Leapfrog, MetricWindows, NUTSState,
+                                   dense_block_metric, identity_metric, init, initial_step_size, kinetic_energy,
+                                   record, resolve_compile, sample_momentum, select, velocity)
 
 TARGET_ACCEPT = 0.651  # the harmonic mean of the acceptance probabilities (Hoffman et al. 2021, after Beskos et al.)
 LEARNING_RATE = 0.025  # on log T: TFP's GradientBasedTrajectoryLengthAdaptation defaults, here and below
@@ -170,12 +170,12 @@ def sample(log_density, init_z, chains, warmup=500, samples=500, seed=0, progres
     key = ("chees", tuple(state.z.shape), state.z.dtype, state.z.device, bool(compile))
     if key not in recorded:
         recorded[key] = record_leapfrog(log_density, state.z, compile)
-    leapfrog, heuristic = recorded[key], Kernel(Leapfrog(log_density), None, None, generator, 0)
+    leapfrog, python_leapfrog = recorded[key], Leapfrog(log_density)  # the latter for the step-size heuristic
     metric = identity_metric(state.z)
-    step_size = initial_step_size(heuristic, state, torch.ones_like(state.log_p), metric).median()
+    step_size = initial_step_size(python_leapfrog, generator, state, torch.ones_like(state.log_p), metric).median()
     adaptation = TrajectoryAdaptation(step_size, float(step_size))
     length = float(step_size)
-    windows, covariance, by_point = adaptation_windows(warmup), None, (chains, -1, state.z.shape[-1])
+    windows, by_point = MetricWindows(warmup), (chains, -1, state.z.shape[-1])
     draws, infos = [], []
     with tqdm(total=warmup + samples, disable=not progress, desc="ChEES-HMC", unit="it") as bar:
         for iteration in range(warmup + samples):
@@ -192,16 +192,13 @@ def sample(log_density, init_z, chains, warmup=500, samples=500, seed=0, progres
                 infos.append((proposal.accept_prob, n_steps, proposal.diverging, step_size))
                 continue
             adaptation.update(start, proposal, jitter(iteration + 1), chains)
-            window = next(((a, b) for a, b in windows if a <= iteration < b), None)
-            if window is not None:
-                covariance = covariance or WindowCovariance(state.z.reshape(by_point))
-                covariance.update(state.z.reshape(by_point))
-                if iteration + 1 == window[1]:  # one block per point, its chains pooled
-                    blocks = covariance.estimate().mean(0).expand(chains, -1, -1, -1)
-                    metric = dense_block_metric(blocks.reshape(-1, 1, *blocks.shape[-2:]).contiguous())
-                    covariance = None
-                    found = initial_step_size(heuristic, state, adaptation.step_size.expand(len(state.z)), metric)
-                    adaptation.restart_step_size(found.median())
+            covariance = windows.update(iteration, state.z.reshape(by_point))
+            if covariance is not None:  # a window ended: one block per point, its chains pooled
+                blocks = covariance.mean(0).expand(chains, -1, -1, -1)
+                metric = dense_block_metric(blocks.reshape(-1, 1, *blocks.shape[-2:]).contiguous())
+                found = initial_step_size(python_leapfrog, generator, state,
+                                          adaptation.step_size.expand(len(state.z)), metric)
+                adaptation.restart_step_size(found.median())
             if iteration + 1 == warmup:
                 step_size = adaptation.dual.final()[0]
                 length = adaptation.trajectory_length(float(step_size), averaged=True)

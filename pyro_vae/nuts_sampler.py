@@ -541,13 +541,14 @@ def step(kernel, state, step_size, metric):
 # --------------------------------------------------------------------------- warm-up
 
 
-def initial_step_size(kernel, state, step_size, metric, max_doublings=50):
+def initial_step_size(leapfrog, generator, state, step_size, metric, max_doublings=50):
     """Stan's heuristic, per chain: double (or halve) the step size while one
-    leapfrog step from the state keeps (or fails to keep) exp(H0 - H) above 0.8."""
+    ``leapfrog`` step from the state keeps (or fails to keep) exp(H0 - H)
+    above 0.8, momenta drawn from ``generator``."""
 
     def log_accept(step):
-        r = sample_momentum(metric, kernel.generator)
-        _, _, _, log_p_new, kinetic_new = kernel.leapfrog(state.z, r, state.grad, step, metric.inverse_mass)
+        r = sample_momentum(metric, generator)
+        _, _, _, log_p_new, kinetic_new = leapfrog(state.z, r, state.grad, step, metric.inverse_mass)
         delta = (log_p_new - kinetic_new) - (state.log_p - kinetic_energy(r, metric.inverse_mass))
         return torch.nan_to_num(delta, nan=-math.inf)
 
@@ -646,30 +647,46 @@ class WindowCovariance:
 # --------------------------------------------------------------------------- warm-up and sampling
 
 
+class MetricWindows:
+    """Stan's adaptation windows over a warm-up of ``warmup`` iterations:
+    ``update(iteration, z)`` adds the draw ``z`` to the window ``iteration``
+    falls in, if any, and at the window's last iteration returns the
+    covariance estimate of its draws (:class:`WindowCovariance`); else None."""
+
+    def __init__(self, warmup):
+        self.windows = adaptation_windows(warmup)
+        self.covariance = None
+
+    def update(self, iteration, z):
+        window = next(((start, end) for start, end in self.windows if start <= iteration < end), None)
+        if window is None:
+            return None
+        self.covariance = self.covariance or WindowCovariance(z)
+        self.covariance.update(z)
+        if iteration + 1 < window[1]:
+            return None
+        estimate, self.covariance = self.covariance.estimate(), None
+        return estimate
+
+
 def window_adaptation(kernel, state, num_steps, progress=None):
     """Stan's warm-up over ``num_steps`` transitions: dual averaging of the
     step size throughout, the metric re-estimated at the end of each
     adaptation window (and a step size found afresh for it). Returns the
     state, the final (averaged) step size and the metric."""
     metric = identity_metric(state.z)
-    step_size = initial_step_size(kernel, state, torch.ones_like(state.log_p), metric)
+    step_size = initial_step_size(kernel.leapfrog, kernel.generator, state, torch.ones_like(state.log_p), metric)
     adapter = DualAveraging(step_size)
-    windows = adaptation_windows(num_steps)
-    covariance = None
+    windows = MetricWindows(num_steps)
     for iteration in range(num_steps):
         state, info = step(kernel, state, step_size, metric)
         if progress is not None:
             progress.update()
         step_size = adapter.update(info.acceptance_rate)
-        window = next(((start, end) for start, end in windows if start <= iteration < end), None)
-        if window is None:
-            continue
-        covariance = covariance or WindowCovariance(state.z)
-        covariance.update(state.z)
-        if iteration + 1 == window[1]:  # the window ends: a new metric, and a step size found for it
-            metric = dense_block_metric(covariance.estimate())
-            covariance = None
-            step_size = initial_step_size(kernel, state, step_size, metric)
+        covariance = windows.update(iteration, state.z)
+        if covariance is not None:  # a window ended: a new metric, and a step size found for it
+            metric = dense_block_metric(covariance)
+            step_size = initial_step_size(kernel.leapfrog, kernel.generator, state, step_size, metric)
             adapter = DualAveraging(step_size)
     return state, (adapter.final() if num_steps else step_size), metric
 
