@@ -23,8 +23,8 @@ import time
 import pyro
 import torch
 
-from pyro_vae.ais import bdmc
-from pyro_vae.comparison import compare_posteriors, format_report
+from pyro_vae.infer.ais import AISOptions, bdmc
+from pyro_vae.posterior_comparison import compare_posteriors, format_report
 from pyro_vae.config import EvaluationSettings, FitConfig
 from pyro_vae.fit import fit
 
@@ -51,12 +51,12 @@ def main():
     x = run.data.test_x[: args.points]
     pyro.set_rng_seed(0)
     start = time.perf_counter()
-    results, *_ = compare_posteriors(run.model, run.guide, x, args.iwae_samples, 200, args.nuts_chains,
-                                     args.nuts_warmup, args.nuts_samples, ais_steps=args.ais_steps,
-                                     ais_chains=args.ais_chains)
+    results, *_ = compare_posteriors(run.model, run.guide, x, iwae_samples=args.iwae_samples, elbo_samples=200,
+                                     chains=args.nuts_chains, warmup=args.nuts_warmup, samples=args.nuts_samples,
+                                     ais_steps=args.ais_steps, ais_chains=args.ais_chains)
     compare_seconds = time.perf_counter() - start
     with torch.no_grad():
-        certificate = bdmc(run.model, args.points, args.ais_steps, args.ais_chains)
+        certificate = bdmc(run.model, args.points, AISOptions(steps=args.ais_steps, chains=args.ais_chains))
     print(format_report(results, "mnist", run.out))
     print(f"trained {args.epochs} epochs in {train_seconds:.0f} s; comparison {compare_seconds:.0f} s")
     print(f"BDMC on {args.points} simulated points, {args.ais_chains} chains x {args.ais_steps} steps from the prior: "

@@ -44,7 +44,7 @@ def shell(*args):
 
 def posterior_checks(run_dir, points):
     """NUTS and AIS on ``points`` test images under the run's decoder, on the GPU."""
-    from pyro_vae import ais
+    from pyro_vae.infer import ais
     from pyro_vae.building_blocks import frozen
     from pyro_vae.mcmc import diagnose, inference_data, sample_latents
     from pyro_vae.rundir import load_run

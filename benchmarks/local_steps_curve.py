@@ -24,7 +24,7 @@ from pyro_vae.config import FitConfig
 from pyro_vae.distributed import Cluster
 from pyro_vae.estimators import log_likelihood, mean_and_se
 from pyro_vae.local_fit import fit_local_posterior
-from pyro_vae.svi import setup
+from pyro_vae.fit_svi import setup
 from pyro_vae.train import train_epoch
 
 

@@ -86,7 +86,8 @@ def monte_carlo_em_table(weights, x, iterations):
     for name, compile in [("recorded", False), ("compiled", True)]:
         model = project_model(weights)  # from the same weights each time
         start = time.perf_counter()
-        history, _ = monte_carlo_em(model, x, iterations, 100, 100, 20, 1e-3, seed=0, log=lambda *a: None,
+        history, _ = monte_carlo_em(model, x, iterations=iterations, warmup=100, samples=100, m_steps=20, lr=1e-3,
+                                    seed=0, log=lambda *a: None,
                                     compile=compile)
         total = time.perf_counter() - start
         e_steps = [h["seconds"] for h in history]  # E-step and M-step

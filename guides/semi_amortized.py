@@ -33,8 +33,17 @@ class SemiAmortizedGuide(AmortizedGuide):
     local_particles = 1  # draws per refinement step (see MeanFieldGuide)
 
     def refined(self, x, q0, fixed=None):
-        loc, log_scale = refine(self.model[0], x, q0.mean, q0.stddev.log(), self.local_steps, self.local_lr,
-                                self.local_particles, fixed)
+        """q_K(z | x): ``q0`` refined at this guide's settings."""
+        return self.refine(self.model[0], x, q0, steps=self.local_steps, lr=self.local_lr,
+                           particles=self.local_particles, fixed=fixed)
+
+    @classmethod
+    def refine(cls, model, x, q0, *, steps=None, lr=None, particles=None, fixed=None):
+        """q_K(z | x) = N(m_K, diag s_K^2) after ``steps`` Adam steps (``lr``, ``particles``
+        reparameterised draws a step; each defaulting to the class's setting) from ``q0``, up each
+        point's ELBO under ``model`` with its weights (and global values ``fixed``) held fixed."""
+        loc, log_scale = refine(model, x, q0.mean, q0.stddev.log(), steps or cls.local_steps, lr or cls.local_lr,
+                                particles or cls.local_particles, fixed)
         return dist.Normal(loc, log_scale.exp()).to_event(1)
 
     def __init__(self, model, num_data, hidden_dims=(400,)):

@@ -1,10 +1,11 @@
 """Small pieces shared by models, guides and samplers: MLPs, the data plate,
-a fast Bernoulli, and freezing a model."""
+a fast Bernoulli, freezing a model, and a seeded global RNG."""
 
 from contextlib import contextmanager
 
 import pyro
 import pyro.distributions as dist
+import torch
 from torch import nn
 from torch.distributions.utils import broadcast_all
 from torch.nn import functional as F
@@ -95,3 +96,15 @@ def frozen(model):
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+@contextmanager
+def seeded_global_rng(seed, device):
+    """The global RNG, which Pyro's and torch's samplers use, seeded inside and restored after."""
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        if cuda:
+            torch.cuda.default_generators[device.index if device.index is not None
+                                          else torch.cuda.current_device()].manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)
+        yield

@@ -1,57 +1,26 @@
-"""Checkpoints and other run files, written atomically and loaded safely.
+"""Checkpoints, written atomically (``files.atomic_path``) and loaded safely.
 
 A checkpoint holds tensors and plain values only (state dicts, optimizer
 state, RNG states, the epoch, the metrics so far) and is read with
 ``torch.load(..., weights_only=True)``, which refuses anything that would
-run code while unpickling. Every file is written to a temporary name in the
-same directory and renamed over the target, so a crash mid-write never
-leaves a half-written file in place of a good one.
+run code while unpickling.
 """
 
-import json
-import os
 import pickle
 import random
-import tempfile
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pyro_vae.files import atomic_path
+
 FORMAT = "pyro_vae.checkpoint/1"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class CheckpointError(Exception):
     """A checkpoint is missing, unreadable, unsafe or from another config."""
-
-
-@contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path``; on success rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path, text):
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def rng_state():

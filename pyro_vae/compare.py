@@ -7,7 +7,7 @@
 2. For the first ``--subset`` held-out points infers p(z | x) with the
    encoder, the encoder refined by ``--refine-steps`` steps
    (semi-amortized), a per-point mean-field q* and NUTS, and scores them
-   (``pyro_vae.comparison``): ELBO, log p(x), errors against NUTS, cost,
+   (``pyro_vae.posterior_comparison``): ELBO, log p(x), errors against NUTS, cost,
    and the gaps of Cremer, Li & Duvenaud (2018).
 3. Writes ``report.md`` (also printed), ``report.json``, the figures
    ``ellipses.png`` (2-D latents), ``forest.png``, ``reconstructions.png``
@@ -24,16 +24,17 @@ import torch
 
 from pyro_vae import plots
 from pyro_vae.assembly import resolve_device
-from pyro_vae.checkpoint import CheckpointError, atomic_path, write_json, write_text
+from pyro_vae.checkpoint import CheckpointError
+from pyro_vae.files import atomic_path, write_json, write_text
 from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, int_list, positive_float, positive_int,
                           report_out_of_memory)
-from pyro_vae.comparison import METHODS, as_full_gaussian, compare_posteriors, format_report, posterior_idata
+from pyro_vae.posterior_comparison import METHODS, as_full_gaussian, compare_posteriors, format_report, posterior_idata
 from pyro_vae.config import EvaluationSettings, FitConfig
 from pyro_vae.data import DATASETS, DataError
 from pyro_vae.density import observation, plug_in_values
 from pyro_vae.rundir import load_run, prepare_out
-from pyro_vae.scratch import fit_from_scratch
-from pyro_vae.svi import fit_svi
+from pyro_vae.scratch import ScratchSettings, fit_from_scratch
+from pyro_vae.fit_svi import fit_svi
 
 ELLIPSE_POINTS = 6
 # NUTS defaults: 4 x (1000 + 1000) keeps R-hat under 1.01 on the default
@@ -128,7 +129,10 @@ def run_compare(args, log=print):
         config = FitConfig(dataset=args.dataset or "digits", data_dir=args.data_dir, model=args.model,
                            latent_dim=args.latent_dim or 3, hidden_dims=args.hidden_dims, num_train=args.num_train,
                            seed=args.seed, device="cpu")
-        return fit_from_scratch(config, args, out, log)
+        settings = ScratchSettings(passes=args.passes, budget=args.budget, subset=args.subset,
+                                   iwae_samples=args.iwae_samples, m_steps=args.m_steps,
+                                   mcem_warmup=args.mcem_warmup, mcem_samples=args.mcem_samples)
+        return fit_from_scratch(config, settings, out, log)
     model, guide, data, run = decoder_and_encoder(args, out, log)
     model.eval()
     guide.eval()
@@ -138,8 +142,9 @@ def run_compare(args, log=print):
     fixed = plug_in_values(model, guide)
     log(f"comparing encoder, mean-field and NUTS posteriors on {len(x)} held-out points")
     results, posteriors, draws, nuts_idata = compare_posteriors(
-        model, guide, x, args.iwae_samples, args.elbo_samples, args.chains, args.warmup, args.samples, args.seed,
-        args.progress, fixed, args.refine_steps, args.ais_steps, args.ais_chains)
+        model, guide, x, iwae_samples=args.iwae_samples, elbo_samples=args.elbo_samples, chains=args.chains,
+        warmup=args.warmup, samples=args.samples, seed=args.seed, progress=args.progress, fixed=fixed,
+        refine_steps=args.refine_steps, ais_steps=args.ais_steps, ais_chains=args.ais_chains)
     results.update(dataset=data.name, run=str(run), latent_dim=model.latent_dim, notes=[])
     save_outputs(out, results, posteriors, draws, nuts_idata, model, x, data.image_shape, fixed)
     report = format_report(results, data.name, run)

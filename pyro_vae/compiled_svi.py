@@ -3,28 +3,31 @@
 ``pyro.infer.SVI.step`` runs the model and the guide under Pyro's tracing at
 every step, and the tensor operations they produce are the same at every
 step with the same shapes. :class:`CompiledSVI` records those operations
-once: Trace_ELBO's loss, the surrogate whose gradient is the estimator's
-(reparameterised or score-function terms alike, the plate's N / B scale
-included), and autograd's backward, as one graph of ATen operations
-(``make_fx``), which ``torch.compile`` then compiles (Inductor: fused
-kernels). A step is then that graph, its gradients handed to the run's own
-optimizer. Parameters enter the graph by reference, so the optimizer's
-in-place updates reach it (a program that makes new parameter tensors, a
-``pyro.param`` after ``pyro.clear_param_store()``, needs a new CompiledSVI;
-modules' parameters, which ``pyro.module`` registers, stay the same tensors).
+once with the project's recorder (``recording.record``): Trace_ELBO's loss,
+the surrogate whose gradient is the estimator's (reparameterised or
+score-function terms alike, the plate's N / B scale included), and
+autograd's backward, as one graph, compiled by Inductor. A step is then
+that graph, its gradients handed to the run's own optimizer. Parameters
+enter the graph by reference, so the optimizer's in-place updates reach it
+(a program that makes new parameter tensors, a ``pyro.param`` after
+``pyro.clear_param_store()``, needs a new CompiledSVI; modules' parameters,
+which ``pyro.module`` registers, stay the same tensors).
 
-Trace_ELBO reads each log-density as a Python float for the loss it reports,
-and checks it for NaN on the host: two host synchronisations per step, and
-a recording cannot hold either. While recording they are a detached tensor
-and nothing; the loss a step returns is a tensor on the device.
+Trace_ELBO reads each log-density as a Python float for the loss it reports
+(``trace_elbo.torch_item``) and checks the loss for NaN on the host
+(``trace_elbo.warn_if_nan``): a recording would keep the float as a
+constant. While recording, :func:`loss_stays_on_device` patches those two
+module attributes (pyro-ppl is pinned below 1.10 in ``pyproject.toml``, and
+``tests/test_compiled_svi.py`` fails if either name is gone or no longer
+used by ``Trace_ELBO``); the loss a step returns is a tensor on the device.
 
 The first step of the first shape runs as plain SVI (it creates the
 parameters); the second records, compiles and is checked against plain SVI
-at the same random draws (Inductor is told to draw its random numbers as
-eager torch does). Where the guide's gradients are sparse (the meanfield
-guide's per-point rows: the graph would make them dense), or the recording
-fails or disagrees, every step is plain SVI, after a one-line warning. Other
-shapes (an epoch's last, partial minibatch) run as plain SVI: no recompile.
+at the same random draws. Where the guide's gradients are sparse (the
+meanfield guide's per-point rows: the graph would make them dense) or the
+recording fails or disagrees, every step is plain SVI, after a one-line
+warning. Other shapes (an epoch's last, partial minibatch) run as plain
+SVI: no recompile.
 """
 
 import contextlib
@@ -36,7 +39,10 @@ import pyro.infer.trace_elbo as trace_elbo
 import pyro.poutine as poutine
 import torch
 from pyro.infer import Trace_ELBO
-from torch.fx.experimental.proxy_tensor import make_fx
+
+from pyro_vae.recording import record
+
+PATCHED = ("torch_item", "warn_if_nan")  # the names of pyro.infer.trace_elbo that loss_stays_on_device replaces
 
 
 @contextlib.contextmanager
@@ -106,19 +112,14 @@ class CompiledSVI:
             loss, found["params"], grads = self._loss_and_grads(full)
             return (loss, *grads)
 
-        tensors = [args[i] for i in positions]
+        tensors = tuple(args[i] for i in positions)
         cuda = [t.device for t in tensors if t.device.type == "cuda"][:1]
-        try:  # the random numbers drawn while recording and checking are not the run's
-            with torch.random.fork_rng(devices=cuda):
-                with loss_stays_on_device():
-                    graph = make_fx(loss_and_grads)(*tensors)
-                with torch._inductor.config.patch(fallback_random=True):  # eager torch's random numbers
-                    graph = torch.compile(graph, dynamic=False, fullgraph=True) if self.compile else graph
-                    agree = self._agrees(graph, tensors, args)
-        except Exception as error:  # noqa: BLE001 -- any failure leaves plain SVI, which works
-            return self._give_up(str(error).strip().splitlines()[0])
-        if not agree:
-            return self._give_up("its loss or gradients disagree with Trace_ELBO's")
+        with torch.random.fork_rng(devices=cuda), loss_stays_on_device():  # the draws of recording and checks
+            graph = record(loss_and_grads, tensors, name="SVI", compile=self.compile, stacklevel=6,
+                           agrees=lambda candidate: self._agrees(candidate, tensors, args))
+        if graph is loss_and_grads:  # the recorder warned why; plain SVI, not Python through the recorder
+            self.fallback = "the step could not be recorded"
+            return
         self.graph, self.params = graph, found["params"]
 
     def _agrees(self, graph, tensors, args):

@@ -7,14 +7,12 @@ line a grouped setting is a flag of its own (``--chains`` sets
 ``config.mcmc.chains``).
 """
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 
 from pyro_vae.building_blocks import ACTIVATIONS
-from pyro_vae.checkpoint import CheckpointError
 from pyro_vae.cli import UsageError
 from pyro_vae.data import BINARIZE_MODES
-from pyro_vae.train import ELBOS
+from pyro_vae.objectives import ELBOS
 
 INFERENCE = ("svi", "nuts")
 NUTS_MODES = ("fixed-decoder", "mcem")
@@ -173,11 +171,3 @@ class FitConfig:
                 group, name = key.split(".", 1)
                 grouped.setdefault(group, {})[name] = value
         return cls.from_dict({**top, **grouped})
-
-
-def config_from_checkpoint(state, path):
-    """The :class:`FitConfig` saved inside a checkpoint."""
-    try:
-        return FitConfig.from_dict(json.loads(state["config"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: no usable configuration inside ({error})") from None

@@ -8,8 +8,9 @@ with batch shape (len(x_batch),); ``fixed`` holds the model's global values
 - log weights: log w = log p(x, z) - log q(z | x), z ~ q;
 - ``log_likelihood``: the importance-weighted bound (Burda et al. 2015)
   log p(x) >= E log (1/K) sum_k w_k, per example, tightening as K grows;
-- ``elbo_terms``: one-sample log p(x | z), log q(z | x) - log p(z) and the ELBO;
-- ``elbo_per_point``: E_q[log w] from many draws, for comparing posteriors;
+- ``elbo_terms``: E_q[log p(x | z)], E_q[log q(z | x) - log p(z)] and the
+  ELBO, their difference, per example from ``samples`` draws (the one ELBO
+  estimator: a run's test ELBO, ``evaluate``'s terms, ``compare``'s rows);
 - ``active_units``: latent dimensions whose variance over x of E_q[z | x]
   exceeds 0.01 (Burda et al. 2015).
 """
@@ -51,24 +52,20 @@ def log_likelihood(model, proposal, x, num_samples=5000, batch_size=100, progres
 
 
 @torch.no_grad()
-def elbo_terms(model, proposal, x, batch_size=1000, fixed=None):
-    """Single-sample (reconstruction, kl, elbo) per example: log p(x | z),
-    log q(z | x) - log p(z) and their difference, z ~ q(z | x)."""
+def elbo_terms(model, proposal, x, *, samples=1, batch_size=1000, fixed=None):
+    """Per example, (reconstruction, kl, elbo): the means over ``samples``
+    draws z ~ q(z | x) = ``proposal(x_batch)`` of log p(x | z) and of
+    log q(z | x) - log p(z), and their difference, the ELBO estimate. Each
+    is a tensor of shape (len(x),)."""
     reconstruction, kl = [], []
     for x_batch in x.split(batch_size):
         q = proposal(x_batch)
-        z = q.sample()
+        z = q.sample((samples,))
         log_lik, log_prior = log_joint_terms(model, x_batch, z, fixed)
-        reconstruction.append(log_lik)
-        kl.append(q.log_prob(z) - log_prior)
+        reconstruction.append(log_lik.mean(0))
+        kl.append((q.log_prob(z) - log_prior).mean(0))
     reconstruction, kl = torch.cat(reconstruction), torch.cat(kl)
     return reconstruction, kl, reconstruction - kl
-
-
-@torch.no_grad()
-def elbo_per_point(model, q, x, samples=200, fixed=None):
-    """E_q[log p(x, z) - log q(z)] per point, from ``samples`` draws."""
-    return log_weights(model, q, x, q.sample((samples,)), fixed).mean(0)
 
 
 @torch.no_grad()
@@ -106,7 +103,7 @@ def evaluate(model, proposal, x, num_samples=5000, batch_size=100, progress=Fals
         q = proposal(x_batch, rows) if indexed else proposal(x_batch)
         same_q = lambda _, q=q: q  # noqa: E731
         ll.append(log_likelihood(model, same_q, x_batch, num_samples, len(x_batch), fixed=fixed))
-        batch_reconstruction, batch_kl, _ = elbo_terms(model, same_q, x_batch, len(x_batch), fixed)
+        batch_reconstruction, batch_kl, _ = elbo_terms(model, same_q, x_batch, batch_size=len(x_batch), fixed=fixed)
         reconstruction.append(batch_reconstruction)
         kl.append(batch_kl)
         means.append(q.mean)

@@ -18,7 +18,7 @@ Writes ``RUN_DIR/eval.json`` and prints a short table, in nats per example
   sampling's log p(x) per example (log-mean-exp over ``--ais-chains``
   chains through ``--ais-steps`` distributions from the prior, or from the
   run's q(z | x) with ``--ais-start q``), its mean and standard error over
-  examples, acceptance rate and seconds (``pyro_vae.ais``);
+  examples, acceptance rate and seconds (``pyro_vae.infer.ais``);
 - with ``--bdmc``: ``bdmc``, bidirectional Monte Carlo on data simulated from
   the model: the forward-AIS lower bound, the reverse-AIS upper bound and
   their width, which certifies forward AIS for this model and schedule.
@@ -27,9 +27,10 @@ Writes ``RUN_DIR/eval.json`` and prints a short table, in nats per example
 import pyro
 import torch
 
-from pyro_vae import ais
+from pyro_vae.infer import ais
 from pyro_vae.assembly import resolve_device
-from pyro_vae.checkpoint import CheckpointError, write_json
+from pyro_vae.checkpoint import CheckpointError
+from pyro_vae.files import write_json
 from pyro_vae.cli import ArgumentParser, UsageError, exit_with, positive_int, report_out_of_memory
 from pyro_vae.data import DataError
 from pyro_vae.density import plug_in_values
@@ -109,8 +110,9 @@ def ais_summary(result, start):
 
 def bdmc_summary(run, args, fixed):
     try:
-        result = ais.bdmc(run.model, args.max_examples or 100, args.ais_steps, args.ais_chains, fixed=fixed,
-                          seed=args.seed, progress=args.progress)
+        result = ais.bdmc(run.model, args.max_examples or 100, ais.AISOptions(steps=args.ais_steps,
+                                                                               chains=args.ais_chains),
+                          fixed=fixed, seed=args.seed, progress=args.progress)
     except ValueError as error:
         raise UsageError(f"--bdmc: {error}") from None
     return {"lower": result.lower, "upper": result.upper, "width": result.width, "points": len(result.x),
@@ -128,8 +130,8 @@ def run_evaluate(args):
         results["test_time_fit_steps"] = run.guide.last_fit_steps
     if args.estimator == "ais":
         start = "prior" if args.ais_start == "prior" else (lambda xb: run.guide.posterior(xb, fixed=fixed))
-        result = ais.ais_log_likelihood(run.model, x, args.ais_steps, args.ais_chains, start, fixed, seed=args.seed,
-                                        progress=args.progress)
+        options = ais.AISOptions(steps=args.ais_steps, chains=args.ais_chains, start=start)
+        result = ais.ais_log_likelihood(run.model, x, options, fixed=fixed, seed=args.seed, progress=args.progress)
         results["ais"] = ais_summary(result, args.ais_start)
     if args.bdmc:
         results["bdmc"] = bdmc_summary(run, args, fixed)

@@ -5,8 +5,8 @@
     python -m pyro_vae.fit --inference nuts --decoder-from RUN_DIR --subset 100
 
 The inference method (``--inference``) is SVI with a variational family
-(``--guide``) or NUTS; the drivers are ``pyro_vae.svi`` and
-``pyro_vae.mcmc``, and this module only parses, calls and reports.
+(``--guide``) or NUTS; the drivers are ``pyro_vae.fit_svi`` and
+``pyro_vae.fit_nuts``, and this module only parses, calls and reports.
 
 Python API: ``fit(FitConfig(...))`` does exactly what the command does and
 returns the model, guide (or posterior summary) and data with the metrics;
@@ -28,18 +28,19 @@ from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, int_list, nonne
 from pyro_vae.config import (COMPILE_MODES, INFERENCE, LR_SCHEDULES, NUTS_MODES, SAMPLERS, EvaluationSettings,
                              FitConfig, MCMCSettings)
 from pyro_vae.data import BINARIZE_MODES, DATASETS, DataError
-from pyro_vae.mcmc import fit_nuts
+from pyro_vae.fit_nuts import fit_nuts
+from pyro_vae.fit_svi import fit_svi, resume_svi
+from pyro_vae.objectives import ELBOS
 from pyro_vae.registry import guide_names, model_names
-from pyro_vae.rundir import load_run  # noqa: F401 (the Python API: pyro_vae.fit.load_run)
-from pyro_vae.svi import FitResult, fit_svi, resume_svi  # noqa: F401 (FitResult: the Python API)
-from pyro_vae.train import ELBOS, Interrupted, NonFiniteLoss
+from pyro_vae.rundir import FitResult, load_run  # noqa: F401 (the Python API: pyro_vae.fit.load_run, FitResult)
+from pyro_vae.train import Interrupted, NonFiniteLoss
 
 DEPRECATED_GUIDES = {"nuts": "nuts"}  # --guide NAME that was an inference method -> --inference NAME
 
 
 def fit(config, progress=True, log=print, should_stop=None):
     """Fit ``config.model`` by ``config.inference``: SVI with ``config.guide``
-    (``pyro_vae.svi``) or NUTS (``pyro_vae.mcmc``). Returns a ``FitResult``."""
+    (``pyro_vae.fit_svi``) or NUTS (``pyro_vae.fit_nuts``). Returns a ``FitResult``."""
     if config.guide in DEPRECATED_GUIDES:
         log(f"note: --guide {config.guide} is deprecated; use --inference {DEPRECATED_GUIDES[config.guide]}")
         config.inference, config.guide = DEPRECATED_GUIDES[config.guide], FitConfig.guide
@@ -50,7 +51,7 @@ def fit(config, progress=True, log=print, should_stop=None):
 
 
 def resume(run_dir, epochs=None, progress=True, log=print, should_stop=None):
-    """Continue the SVI run in ``run_dir`` (see ``pyro_vae.svi.resume_svi``)."""
+    """Continue the SVI run in ``run_dir`` (see ``pyro_vae.fit_svi.resume_svi``)."""
     return resume_svi(run_dir, epochs, progress, log, should_stop)
 
 

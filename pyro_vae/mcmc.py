@@ -1,47 +1,27 @@
-"""The MCMC driver: NUTS on the same model, ``python -m pyro_vae.fit --inference nuts``.
+"""MCMC on a model's local latents with its weights fixed, and Monte Carlo EM.
 
-Two ways to fit (``--nuts-mode``):
-
-- ``fixed-decoder`` (with ``--decoder-from RUN_DIR``): the decoder trained in
-  another run is held fixed and NUTS samples the local latents z_1..z_N of
-  the first ``--subset`` held-out (test) points: the reference posterior
-  against which the encoder and the mean-field guide are judged.
-- ``mcem``: Monte Carlo EM from scratch on the first ``--subset`` training
-  points (Kingma & Welling 2013, section 5): alternate NUTS draws of the
-  subset's z given the decoder (E-step) with Adam steps on the decoder
-  weights maximising the Monte Carlo estimate of E_p(z|x)[log p(x | z)]
-  (M-step).
-
-The target is the model's own program (``density.log_density_for_sampler``)
-and the sampler is ``pyro_vae.nuts_sampler``. A run directory holds
-``posterior.nc`` (ArviZ InferenceData: posterior, sample_stats,
-observed_data), ``diagnostics.csv`` (``az.summary``: R-hat, bulk and tail
-ESS per latent coordinate), ``summary.json`` (divergences, worst R-hat and
-ESS, wall time), ``config.json`` and ``checkpoint.pt`` (the decoder and the
-per-point Gaussians moment-matched to the draws, for ``evaluate``).
+``sample_latents`` draws z_1..z_N | x_1..x_N by NUTS (``infer.mcmc.nuts``)
+or ChEES-HMC (``infer.mcmc.chees``) on the model's own program
+(``density.log_density_for_sampler``); ``inference_data`` and ``diagnose``
+turn the draws into ArviZ InferenceData and its R-hat / ESS checks;
+``monte_carlo_em`` learns a decoder by alternating NUTS draws with decoder
+steps (Kingma & Welling 2013, section 5). The ``--inference nuts`` run is
+``pyro_vae.fit_nuts``.
 """
 
-import json
-import os
 import time
 from collections import OrderedDict
-from pathlib import Path
 from typing import NamedTuple
 
 import arviz as az
 import pyro
 import torch
 
-from pyro_vae import chees, nuts_sampler
-from pyro_vae.assembly import build_model, load_data, resolve_device
 from pyro_vae.building_blocks import frozen
-from pyro_vae.checkpoint import atomic_path, save_checkpoint, write_json
-from pyro_vae.cli import UsageError
 from pyro_vae.config import SAMPLERS
-from pyro_vae.density import log_density_for_sampler, log_joint_terms, plug_in_values
-from pyro_vae.posterior import MomentMatchedPosterior
-from pyro_vae.rundir import default_out, load_run, prepare_out, write_config, write_metrics
-from pyro_vae.svi import FitResult
+from pyro_vae.density import log_density_for_sampler, log_joint_terms
+from pyro_vae.infer.mcmc import chees, nuts
+from pyro_vae.recording import resolve_compile
 
 RHAT_LIMIT = 1.01
 MIN_ESS_PER_CHAIN = 100  # Vehtari et al. (2021): bulk and tail ESS of at least 100 per chain
@@ -84,25 +64,25 @@ def sampler_target(model, x, chains, fixed=None):
 REDUCE_ROWS = {"diverging": torch.any, "n_steps": torch.amax, "tree_depth": torch.amax, "energy": torch.sum}
 
 
-def sample_latents(model, x, chains=4, warmup=500, samples=500, init=None, seed=0, progress=False, fixed=None,
+def sample_latents(model, x, *, chains=4, warmup=500, samples=500, init=None, seed=0, progress=False, fixed=None,
                    compile="auto", sampler="nuts", block_size=None, max_tree_depth=10):
     """Draws of z_1..z_N | x_1..x_N with the model's weights fixed (and
     its global sites at ``fixed``).
 
     ``sampler``:
 
-    - "nuts" (``nuts_sampler``): each chain one NUTS trajectory over the
+    - "nuts" (``infer.mcmc.nuts``): each chain one NUTS trajectory over the
       joint latents of ``block_size`` points (all N by default; 1 makes
       every point its own chain), the blocks' trees in lockstep, each with
       its own step size and metric, the trees capped at ``max_tree_depth``;
-    - "chees" (``chees``): every point its own ``chains`` chains of
+    - "chees" (``infer.mcmc.chees``): every point its own ``chains`` chains of
       jittered HMC, one step size and trajectory length adapted for all.
 
     ``init`` is a distribution over z with batch shape (N,) (an encoder's
     q(z | x), say): each chain starts from its own draw of it, so that chains
     start apart (R-hat needs that) but near the posterior. Without it chains
     start uniformly in [-2, 2], as Pyro's default does. ``compile``: True,
-    False or "auto" (``nuts_sampler.sample``); recordings are kept for the
+    False or "auto" (``nuts.sample``); recordings are kept for the
     next call with the same model and shapes (:func:`sampler_target`).
 
     Returns (draws of shape (chains, samples, N, latent_dim), per-iteration
@@ -125,8 +105,8 @@ def sample_latents(model, x, chains=4, warmup=500, samples=500, init=None, seed=
         target = sampler_target(model, x, chains, fixed)
         rows = z0.reshape(-1, block, dim)  # chain-major: the density's rows follow x repeated per chain
         if sampler == "nuts":
-            draws, stats = nuts_sampler.sample(target.log_density, rows, warmup, samples, seed, max_tree_depth,
-                                               progress, compile, target.recorded)
+            draws, stats = nuts.sample(target.log_density, rows, warmup, samples, seed, max_tree_depth, progress,
+                                       compile, target.recorded)
         else:
             draws, stats = chees.sample(target.log_density, rows, chains, warmup, samples, seed, progress, compile,
                                         target.recorded)
@@ -173,14 +153,7 @@ def diagnose(idata, chains):
     return summary, figures, warnings
 
 
-def write_posterior(out, idata, summary):
-    with atomic_path(out / "posterior.nc") as tmp:
-        idata.to_netcdf(str(tmp), engine="h5netcdf")
-    with atomic_path(out / "diagnostics.csv") as tmp:
-        summary.to_csv(tmp)
-
-
-def monte_carlo_em(model, x, iterations, warmup, samples, m_steps, lr, seed=0, progress=False, log=print,
+def monte_carlo_em(model, x, *, iterations, warmup, samples, m_steps, lr, seed=0, progress=False, log=print,
                    on_iteration=None, compile="auto"):
     """Monte Carlo EM on the decoder of ``model`` for the points ``x``.
 
@@ -193,12 +166,12 @@ def monte_carlo_em(model, x, iterations, warmup, samples, m_steps, lr, seed=0, p
     Every E-step runs on one recording of the sampler's steps (the new
     weights are read in place); "auto" ``compile`` counts all the rounds.
     """
-    compile = nuts_sampler.resolve_compile(compile, iterations * (warmup + samples))
+    compile = resolve_compile(compile, iterations * (warmup + samples))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     init, history = None, []
     for iteration in range(1, iterations + 1):
-        draws, stats, seconds = sample_latents(model, x, 1, warmup, samples, init, seed + iteration, progress,
-                                               compile=compile)
+        draws, stats, seconds = sample_latents(model, x, chains=1, warmup=warmup, samples=samples, init=init,
+                                               seed=seed + iteration, progress=progress, compile=compile)
         z = draws[0]  # (samples, N, L)
         start = time.perf_counter()
         model.train()
@@ -219,91 +192,3 @@ def monte_carlo_em(model, x, iterations, warmup, samples, m_steps, lr, seed=0, p
     return history, draws
 
 
-def fixed_decoder_problem(config, device):
-    """``--nuts-mode fixed-decoder``: the model of ``--decoder-from`` (a
-    Bayesian decoder at its posterior mean, which this run saves as its
-    weights), its data, the first ``--subset`` test points and the run's
-    encoder, if any, to start chains from."""
-    source = load_run(config.mcmc.decoder_from, device)
-    for name in ("model", "dataset", "data_dir", "binarize", "latent_dim", "hidden_dims", "num_train", "num_test",
-                 "data_dim", "data_seed", "imports"):
-        setattr(config, name, getattr(source.config, name))
-    fixed = plug_in_values(source.model, source.guide)
-    config.bayesian_decoder = False
-    model = build_model(config, source.data)
-    model.load_state_dict(source.model.state_dict())
-    with torch.no_grad():
-        for name, p in model.decoder.named_parameters() if fixed else ():
-            p.copy_(fixed[f"decoder.{name}"])
-    init_guide = source.guide if getattr(source.guide, "amortized", False) else None
-    return model, source.data, source.data.test_x, init_guide, "test"
-
-
-def mcem_problem(config, device):
-    """``--nuts-mode mcem``: a fresh model and the first ``--subset`` training points."""
-    data = load_data(config, device)
-    model = build_model(config, data)
-    return model, data, data.train_batch(torch.arange(data.num_train, device=device)), None, "train"
-
-
-def fit_nuts(config, progress=True, log=print):
-    """The ``--inference nuts`` run: see the module docstring."""
-    settings = config.mcmc
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError("--inference nuts runs in one process: start it with python -m pyro_vae.fit, not torchrun")
-    if settings.mode == "fixed-decoder" and not settings.decoder_from:
-        raise UsageError("--inference nuts samples with a fixed decoder: pass --decoder-from RUN_DIR "
-                         "(or --nuts-mode mcem to learn one from scratch)")
-    device = resolve_device(config.device)
-    pyro.set_rng_seed(config.seed)
-    problem = fixed_decoder_problem if settings.mode == "fixed-decoder" else mcem_problem
-    model, data, x, init_guide, split = problem(config, device)
-    if settings.subset > len(x):
-        raise UsageError(f"--subset {settings.subset} is larger than the {len(x)} points available")
-    x = x[: settings.subset]
-    config.model, config.binarize = model.name, data.binarize
-    out = prepare_out(config.out or default_out(config))
-    config.out = str(out)
-    write_config(out, config, data, device)
-    start = time.perf_counter()
-    history = []
-    if settings.mode == "mcem":
-        history, _ = monte_carlo_em(model, x, settings.em_iterations, settings.warmup, settings.samples,
-                                    settings.m_steps, config.lr, config.seed, progress, log,
-                                    compile=config.compile_flag())
-        write_metrics(out, history)
-    log(f"{settings.sampler.upper()}: {settings.chains} chains x ({settings.warmup} warm-up + {settings.samples} "
-        f"draws) on {len(x)} points, latent dim {model.latent_dim}, all chains in one batch")
-    init = None if init_guide is None else init_guide.posterior(x)
-    draws, stats, sampling_seconds = sample_latents(model, x, settings.chains, settings.warmup, settings.samples,
-                                                    init, config.seed, progress=progress,
-                                                    compile=config.compile_flag(), sampler=settings.sampler,
-                                                    block_size=settings.block_size)
-    return write_nuts_run(config, model, data, x, split, draws, stats, history, sampling_seconds,
-                          time.perf_counter() - start, log)
-
-
-def write_nuts_run(config, model, data, x, split, draws, stats, history, sampling_seconds, seconds, log):
-    """posterior.nc, diagnostics.csv, checkpoint.pt and summary.json of a NUTS run."""
-    out, settings = Path(config.out), config.mcmc
-    idata = inference_data(draws, stats, x)
-    summary_table, figures, warnings = diagnose(idata, settings.chains)
-    write_posterior(out, idata, summary_table)
-    posterior = MomentMatchedPosterior(model)
-    posterior.set_draws(draws, split)
-    save_checkpoint(out / "checkpoint.pt", {
-        "model": model.state_dict(), "guide": posterior.state_dict(),
-        "epoch": settings.em_iterations if settings.mode == "mcem" else 0, "metrics": history,
-        "config": json.dumps(config.as_dict()),
-    })
-    summary = {**figures, "chains": settings.chains, "warmup": settings.warmup, "samples": settings.samples,
-               "subset": len(x), "sampling_seconds": sampling_seconds, "seconds": seconds,
-               "seconds_per_point": sampling_seconds / len(x), "warnings": warnings}
-    write_json(out / "summary.json", summary)
-    r_hat = "n/a (one chain)" if figures["max_r_hat"] is None else f"{figures['max_r_hat']:.3f}"
-    log(f"{settings.sampler.upper()} done in {sampling_seconds:.1f}s: {figures['divergences']} divergences, "
-        f"max R-hat {r_hat}, min bulk ESS {figures['min_ess_bulk']:.0f}, min tail ESS {figures['min_ess_tail']:.0f}; "
-        f"wrote {out}")
-    for warning in warnings:
-        log(f"warning: {warning}")
-    return FitResult(model, posterior, data, config, history, summary, out)

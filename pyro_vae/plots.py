@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 from torchvision.utils import make_grid, save_image
 
-from pyro_vae.checkpoint import atomic_path
+from pyro_vae.files import atomic_path
 
 
 # Small images (the 8x8 digits) are enlarged to at least this many pixels a

@@ -13,6 +13,7 @@ Every file is written to a temporary name and renamed into place.
 
 import json
 import platform
+from dataclasses import dataclass
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -23,11 +24,12 @@ import torch
 
 from pyro_vae import __version__, plots
 from pyro_vae.assembly import build, build_model, load_data, resolve_device
-from pyro_vae.checkpoint import CheckpointError, load_checkpoint, write_json, write_text
+from pyro_vae.checkpoint import CheckpointError, load_checkpoint
+from pyro_vae.files import write_json, write_text
 from pyro_vae.cli import UsageError
-from pyro_vae.config import config_from_checkpoint
+from pyro_vae.config import FitConfig
 from pyro_vae.density import observation, plug_in_values
-from pyro_vae.posterior import MomentMatchedPosterior
+from pyro_vae.moment_matching import MomentMatchedPosterior
 
 
 def default_out(config):
@@ -113,6 +115,29 @@ def save_figures(out, model, guide, data, metrics):
     rows = x[torch.arange(64, device=x.device) % len(x)]  # inputs a conditional model reads, beside z
     z = torch.randn(64, model.latent_dim, device=data.device)
     plots.save_image_grid(out / "samples.png", decoder_means(model, guide, rows, z), data.image_shape)
+
+
+def config_from_checkpoint(state, path):
+    """The :class:`FitConfig` saved inside a checkpoint."""
+    try:
+        return FitConfig.from_dict(json.loads(state["config"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: no usable configuration inside ({error})") from None
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: the trained model, its guide (or an MCMC run's
+    posterior summary), the data, the settings, per-epoch metrics, the
+    summary written to ``summary.json`` and the run directory."""
+
+    model: torch.nn.Module
+    guide: torch.nn.Module
+    data: object
+    config: object
+    metrics: list
+    summary: dict
+    out: Path
 
 
 class Run(NamedTuple):

@@ -2,34 +2,54 @@
 Welling 2013, figure 3): held-out log p(x) against training wall time.
 
 The amortized, mean-field (with its local refinement steps) and
-semi-amortized learners run the one SVI loop (``pyro_vae.svi.setup`` and
+semi-amortized learners run the one SVI loop (``pyro_vae.fit_svi.setup`` and
 ``train.train_epoch``) with the run's learning rates and batch size, each
 for ``--passes`` epochs or, with ``--budget``, for the same wall time;
 Monte Carlo EM (on at most 5000 training points) alternates NUTS draws with decoder
 steps (``mcmc.monte_carlo_em``; one round counts as one pass). Every
 learner is scored by the same importance-sampling estimator and K on the
-same held-out points; the proposal is each method's q for new points (the
-encoder, or a per-point Gaussian fitted with the decoder fixed). Evaluation
-time is excluded from the wall time.
+same held-out points; the proposal is each method's q for new points, its
+guide's ``posterior`` (the encoder, or a per-point Gaussian fitted with the
+decoder fixed; Monte Carlo EM has no guide and takes the latter). Every
+learner uses the run's learning rate (``--lr``). Evaluation time is
+excluded from the wall time.
 """
 
 import copy
+from dataclasses import dataclass
 
 import pyro
 import torch
 
 from pyro_vae.assembly import build_model, load_data
-from pyro_vae.checkpoint import write_json, write_text
+from pyro_vae.density import plug_in_values
+from pyro_vae.files import write_json, write_text
 from pyro_vae.distributed import Cluster
 from pyro_vae.estimators import log_likelihood, mean_and_se
 from pyro_vae.local_fit import fit_local_posterior
 from pyro_vae.mcmc import monte_carlo_em
 from pyro_vae.plots import save_curves
-from pyro_vae.svi import setup
+from pyro_vae.fit_svi import setup
 from pyro_vae.train import train_epoch
 
 SVI_LEARNERS = ("amortized", "meanfield", "semi_amortized")
 MCEM_MAX_POINTS = 5000  # Monte Carlo EM samples every training point each round: beyond this it is unaffordable
+
+
+@dataclass
+class ScratchSettings:
+    """How long each learner trains and how it is scored: ``passes`` epochs (or MCEM rounds), or
+    ``budget`` seconds of training for the SVI learners; log p(x) on the first ``subset`` test points
+    with K = ``iwae_samples``; Monte Carlo EM's ``m_steps`` decoder steps and NUTS's ``mcem_warmup`` +
+    ``mcem_samples`` iterations per round."""
+
+    passes: int = 20
+    budget: float | None = None
+    subset: int = 100
+    iwae_samples: int = 1000
+    m_steps: int = 20
+    mcem_warmup: int = 30
+    mcem_samples: int = 10
 
 
 def held_out_score(model, proposal, heldout, iwae_samples, seed):
@@ -54,15 +74,16 @@ def svi_curve(config, heldout, passes, every, iwae_samples, log, budget=None):
             continue
         model.eval()
         guide.eval()
-        proposal = guide.posterior if config.guide != "meanfield" else (lambda xb: fit_local_posterior(model, xb)[0])
+        fixed = plug_in_values(model, guide)
+        proposal = lambda xb: guide.posterior(xb, fixed=fixed)  # noqa: E731
         ll, se = held_out_score(model, proposal, heldout, iwae_samples, config.seed)
         curve.append({"pass": epoch, "seconds": seconds, "log_likelihood": ll, "log_likelihood_se": se})
         log(f"{config.guide}: pass {epoch}, {seconds:.1f}s, held-out log p(x) {ll:.3f}")
     return curve
 
 
-def mcem_curve(config, data, heldout, args, every, log):
-    """Monte Carlo EM on the training points for ``args.passes`` rounds."""
+def mcem_curve(config, data, heldout, settings, every, log):
+    """Monte Carlo EM on the training points for ``settings.passes`` rounds."""
     pyro.set_rng_seed(config.seed)
     model = build_model(config, data)
     x = data.train_batch(torch.arange(data.num_train))
@@ -70,30 +91,31 @@ def mcem_curve(config, data, heldout, args, every, log):
 
     def track(record):
         clock["seconds"] += record["seconds"]
-        if record["iteration"] % every == 0 or record["iteration"] == args.passes:
+        if record["iteration"] % every == 0 or record["iteration"] == settings.passes:
             model.eval()
-            ll, se = held_out_score(model, lambda xb: fit_local_posterior(model, xb)[0], heldout, args.iwae_samples,
-                                    config.seed)
+            ll, se = held_out_score(model, lambda xb: fit_local_posterior(model, xb)[0], heldout,
+                                    settings.iwae_samples, config.seed)
             curve.append({"pass": record["iteration"], "seconds": clock["seconds"], "log_likelihood": ll,
                           "log_likelihood_se": se})
             log(f"mcem: pass {record['iteration']}, {clock['seconds']:.1f}s, held-out log p(x) {ll:.3f}")
 
-    monte_carlo_em(model, x, args.passes, args.mcem_warmup, args.mcem_samples, args.m_steps, 1e-2, config.seed,
-                   log=lambda *a: None, on_iteration=track)
+    monte_carlo_em(model, x, iterations=settings.passes, warmup=settings.mcem_warmup, samples=settings.mcem_samples,
+                   m_steps=settings.m_steps, lr=config.lr, seed=config.seed, log=lambda *a: None,
+                   on_iteration=track)
     return curve
 
 
-def fit_from_scratch(config, args, out, log=print):
+def fit_from_scratch(config, settings, out, log=print):
     """Every learner on ``config``'s data; writes ``report.md``,
     ``report.json`` and ``scratch_curve.png`` into ``out``."""
     data = load_data(config, torch.device(config.device))
-    heldout = data.test_x[: args.subset]
-    every = max(1, args.passes // 5)
+    heldout = data.test_x[: settings.subset]
+    every = max(1, settings.passes // 5)
     curves = {}
     for name in SVI_LEARNERS:
         learner = copy.deepcopy(config)
         learner.guide, learner.out = name, str(out / name)
-        curves[name] = svi_curve(learner, heldout, args.passes, every, args.iwae_samples, log, args.budget)
+        curves[name] = svi_curve(learner, heldout, settings.passes, every, settings.iwae_samples, log, settings.budget)
     notes = []
     if data.num_train <= MCEM_MAX_POINTS:
         curves["mcem"] = mcem_curve(config, data, heldout, args, every, log)
@@ -103,15 +125,15 @@ def fit_from_scratch(config, args, out, log=print):
     rows = {name: curve[-1] for name, curve in curves.items()}
     title = f"{data.name}: {data.num_train} training points, latent dim {config.latent_dim}"
     save_curves(out / "scratch_curve.png", curves, title)
-    lines = [f"# Learning the decoder from scratch: {title}, {args.passes} passes", "",
-             f"Held-out log p(x) on {len(heldout)} test points, importance-weighted with K = {args.iwae_samples} "
+    lines = [f"# Learning the decoder from scratch: {title}, {settings.passes} passes", "",
+             f"Held-out log p(x) on {len(heldout)} test points, importance-weighted with K = {settings.iwae_samples} "
              f"for every method.", "", "| method | held-out log p(x) | training seconds |", "|---|---|---|"]
     for name, row in rows.items():
         lines.append(f"| {name} | {row['log_likelihood']:.3f} ± {row['log_likelihood_se']:.3f} | {row['seconds']:.1f} |")
     lines += [f"- {note}" for note in notes]
     report = "\n".join(lines) + "\n"
     results = {"fit_from_scratch": {"curves": curves, "final": rows, "num_train": data.num_train,
-                                    "latent_dim": config.latent_dim, "passes": args.passes, "budget": args.budget,
+                                    "latent_dim": config.latent_dim, "passes": settings.passes, "budget": settings.budget,
                                     "notes": notes}}
     write_text(out / "report.md", report)
     write_json(out / "report.json", results)

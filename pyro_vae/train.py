@@ -1,31 +1,25 @@
 """One SVI loop for every model and guide.
 
-``train_epoch`` runs ``pyro.infer.SVI`` over one pass of minibatches; each
-step's loss is a one-sample estimate of -ELBO on the full-data scale (the
-data plate scales the minibatch by N / B), so -loss / N is an estimate of
-the ELBO in nats per example. ``elbo_per_example`` evaluates the same bound
-on a fixed dataset.
+``make_svi`` builds ``pyro.infer.SVI`` with the run's optimizer and
+objective (``objectives.ELBOS``); ``train_epoch`` runs it over one pass of
+minibatches. Each step's loss is a one-sample estimate of -ELBO on the
+full-data scale (the data plate scales the minibatch by N / B), so
+-loss / N is an estimate of the ELBO in nats per example.
 """
 
 import math
 import time
 
 import pyro
-import pyro.poutine as poutine
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.distributions import is_validation_enabled
+from pyro.infer import SVI
 from tqdm import tqdm
 
-from pyro_vae.building_blocks import data_plate
 from pyro_vae.compiled_svi import CompiledSVI
 from pyro_vae.distributed import Cluster
+from pyro_vae.objectives import ELBOS
 from pyro_vae.optim import Adam
-
-ELBOS = {
-    "trace": Trace_ELBO,  # Monte Carlo estimate of E_q[log p(x, z) - log q(z)]
-    "meanfield": TraceMeanField_ELBO,  # the same, with KL(q || p) analytic where known
-}
 
 
 def make_svi(model, guide, lr, elbo="trace", local_lr=None, clip_norm=None, compile=False):
@@ -122,31 +116,3 @@ def raise_if_not_finite(losses, device):
     for (step, _), value in zip(losses, values):
         if not math.isfinite(value):
             raise NonFiniteLoss(step, value)
-
-
-def proposal_guide(proposal):
-    """A Pyro guide sampling z ~ ``proposal(x)`` (q(z | x) for the given rows)
-    inside the data plate: how a guide is scored on data it was not trained on."""
-
-    def guide(x, idx=None, num_data=None):
-        q = proposal(x)
-        with data_plate(x, idx, num_data):
-            pyro.sample("z", q)
-
-    return guide
-
-
-def elbo_per_example(model, proposal, x, elbo="trace", batch_size=1000, fixed=None):
-    """The ELBO of q(z | x) = ``proposal(x)`` for ``model`` on the rows of
-    ``x``, in nats per example, by the training objective itself: each batch
-    is scored as a dataset of its own (plate scale 1), the negated losses are
-    summed and divided by ``len(x)``. One sample of z per example, as in
-    training; ``fixed`` conditions global sites (a Bayesian decoder's plug-in weights)."""
-    loss_fn = ELBOS[elbo]()
-    guide = proposal_guide(proposal)
-    model = poutine.condition(model, data=fixed) if fixed else model
-    total = 0.0
-    for chunk in x.split(batch_size):
-        with torch.no_grad():
-            total -= loss_fn.loss(model, guide, chunk)
-    return total / len(x)

@@ -1,4 +1,4 @@
-"""AIS and BDMC (pyro_vae.ais) against closed-form and brute-force log p(x)."""
+"""AIS and BDMC (pyro_vae.infer.ais) against closed-form and brute-force log p(x)."""
 
 import math
 
@@ -6,7 +6,8 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae import ais
+from pyro_vae.infer import ais
+from pyro_vae.infer.ais import AISOptions
 from pyro_vae.building_blocks import frozen
 from pyro_vae.estimators import log_likelihood
 from pyro_vae.models.linear_gaussian import LinearGaussian
@@ -47,7 +48,7 @@ def test_exact_posterior_start_gives_exact_weights(pca):
     every chain's log weight is log p(x) whatever the transitions do: checks
     the bookkeeping, the proposal path and the batching (uneven last batch)."""
     model, x, exact = pca
-    result = ais.ais_log_likelihood(model, x, steps=5, chains=3, start=model.exact_posterior, batch_size=16)
+    result = ais.ais_log_likelihood(model, x, AISOptions(steps=5, chains=3, start=model.exact_posterior, batch_size=16))
     assert result.log_weights.shape == (3, len(x))
     assert torch.allclose(result.log_weights.float(), exact.expand(3, -1), atol=1e-3)
     assert torch.allclose(result.log_likelihood.float(), exact, atol=1e-3)
@@ -59,7 +60,7 @@ def se_of_mean(values):
 
 def test_ais_from_the_prior_matches_the_exact_marginal(pca):
     model, x, exact = pca
-    result = ais.ais_log_likelihood(model, x, steps=500, chains=16)
+    result = ais.ais_log_likelihood(model, x, AISOptions(steps=500, chains=16))
     assert result.log_likelihood.shape == (len(x),) and result.log_weights.shape == (16, len(x))
     assert abs(result.mean - float(exact.mean())) < 0.05
     error = result.log_likelihood - exact
@@ -72,7 +73,7 @@ def test_ais_from_the_prior_matches_the_exact_marginal(pca):
 
 def test_bdmc_brackets_the_exact_marginal():
     model = linear_gaussian(seed=3)
-    result = ais.bdmc(model, 40, steps=500, chains=16, seed=2)
+    result = ais.bdmc(model, 40, AISOptions(steps=500, chains=16), seed=2)
     exact = model.log_marginal(result.x)
     assert result.x.shape == (40, 10) and result.z.shape == (40, 2)
     below, above = result.forward.log_likelihood - exact, result.reverse.log_likelihood - exact
@@ -85,7 +86,7 @@ def test_bdmc_brackets_the_exact_marginal():
 
 def test_same_seed_same_numbers(pca):
     model, x, _ = pca
-    run = lambda seed: ais.ais_log_likelihood(model, x[:10], steps=20, chains=4, seed=seed)  # noqa: E731
+    run = lambda seed: ais.ais_log_likelihood(model, x[:10], AISOptions(steps=20, chains=4), seed=seed)  # noqa: E731
     state = torch.get_rng_state()
     first, again, other = run(4), run(4), run(5)
     assert torch.equal(first.log_weights, again.log_weights)
@@ -96,7 +97,7 @@ def test_same_seed_same_numbers(pca):
 def test_bad_start_is_refused(pca):
     model, x, _ = pca
     with pytest.raises(ValueError, match="start"):
-        ais.ais_log_likelihood(model, x, steps=2, chains=2, start="posterior")
+        ais.ais_log_likelihood(model, x, AISOptions(steps=2, chains=2, start="posterior"))
 
 
 class NoSampleNormal(dist.Normal):
@@ -113,7 +114,7 @@ class CannotSimulate(LinearGaussian):
 
 def test_bdmc_needs_a_model_that_simulates():
     with pytest.raises(ValueError, match="cannot simulate"):
-        ais.bdmc(CannotSimulate(10, 2), 5, steps=3, chains=2)
+        ais.bdmc(CannotSimulate(10, 2), 5, AISOptions(steps=3, chains=2))
 
 
 def test_ais_agrees_with_brute_force_importance_sampling_on_bernoulli_mlp():
@@ -127,6 +128,6 @@ def test_ais_agrees_with_brute_force_importance_sampling_on_bernoulli_mlp():
     x, _ = ais.simulate(model, 30, seed=1)
     with frozen(model), torch.no_grad():
         brute = log_likelihood(model, model.prior, x, num_samples=20000)
-    result = ais.ais_log_likelihood(model, x, steps=500, chains=8)
+    result = ais.ais_log_likelihood(model, x, AISOptions(steps=500, chains=8))
     assert abs(result.mean - float(brute.mean())) < 0.05
     assert (result.log_likelihood - brute).abs().max() < 0.3

@@ -4,7 +4,8 @@ import os
 import pytest
 import torch
 
-from pyro_vae.checkpoint import CheckpointError, atomic_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pyro_vae.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pyro_vae.files import atomic_path
 from pyro_vae.fit import FitConfig, fit, load_run
 
 

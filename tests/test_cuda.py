@@ -5,7 +5,8 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae import nuts_sampler, train
+from pyro_vae import train
+from pyro_vae.infer.mcmc import nuts
 from pyro_vae.data import load_dataset
 from pyro_vae.mcmc import sample_latents
 from pyro_vae.registry import get_guide, get_model
@@ -54,7 +55,7 @@ def test_compiled_nuts_on_cuda_samples_a_gaussian():
     def log_density(z):
         return -0.5 * ((z - mean) ** 2).sum((-2, -1)), -(z - mean)
 
-    draws, stats = nuts_sampler.sample(log_density, torch.zeros(2, 2, 2, device="cuda"), 200, 400, seed=0,
+    draws, stats = nuts.sample(log_density, torch.zeros(2, 2, 2, device="cuda"), 200, 400, seed=0,
                                        compile=True)
     assert draws.is_cuda and not stats["diverging"].any()
     assert torch.allclose(draws.reshape(-1, 2, 2).mean(0), mean, atol=0.2)

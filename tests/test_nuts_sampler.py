@@ -1,4 +1,4 @@
-"""The NUTS sampler (pyro_vae.nuts_sampler) against targets with known answers."""
+"""The samplers (pyro_vae.infer.mcmc) against targets with known answers."""
 
 import math
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
-from pyro_vae import chees, mcmc, nuts_sampler
+from pyro_vae import mcmc, recording
+from pyro_vae.infer.mcmc import adaptation, chees, nuts, trees
 from pyro_vae.building_blocks import frozen
 from pyro_vae.density import log_density_for_sampler, log_joint_terms
 from pyro_vae.mcmc import sample_latents, sampler_target
@@ -34,7 +35,7 @@ def gaussian_target(n_points=6, dim=2, seed=0):
 def test_draws_match_correlated_gaussians():
     mean, covariance, log_density = gaussian_target()
     init = torch.zeros(3, *mean.shape)
-    draws, stats = nuts_sampler.sample(log_density, init, warmup=300, samples=1000, seed=1)
+    draws, stats = nuts.sample(log_density, init, warmup=300, samples=1000, seed=1)
     assert draws.shape == (3, 1000, *mean.shape)
     idata = az.from_dict(posterior={"z": draws.numpy()})
     ess = torch.as_tensor(az.ess(idata)["z"].values)
@@ -57,7 +58,7 @@ def test_draws_match_correlated_gaussians():
 
 def test_same_seed_same_draws_other_seed_other_draws():
     mean, _, log_density = gaussian_target(n_points=3)
-    run = lambda seed: nuts_sampler.sample(log_density, torch.zeros(2, *mean.shape), 50, 20, seed)[0]  # noqa: E731
+    run = lambda seed: nuts.sample(log_density, torch.zeros(2, *mean.shape), 50, 20, seed)[0]  # noqa: E731
     assert torch.equal(run(4), run(4))
     assert not torch.equal(run(4), run(5))
 
@@ -71,7 +72,7 @@ def recursive_turning(momenta, inverse_mass):
     while size <= len(momenta):
         for start in range(0, len(momenta), size):
             block = momenta[start:start + size]
-            turning |= nuts_sampler.is_turning(block[0], block[-1], block.sum(0), inverse_mass)
+            turning |= trees.is_turning(block[0], block[-1], block.sum(0), inverse_mass)
         size *= 2
     return turning
 
@@ -95,12 +96,12 @@ def test_checkpointed_uturn_checks_are_the_recursive_ones():
             stale = torch.randn(slots, 3, 4, 2, generator=g)
             zeros, yes = torch.zeros(3), torch.ones(3, dtype=torch.bool)
             z = torch.zeros(3, 4, 2)
-            sub = nuts_sampler.Subtree(z, z, z, z, zeros, z, torch.full((3,), -math.inf), z, stale, 2 * stale,
+            sub = trees.Subtree(z, z, z, z, zeros, z, torch.full((3,), -math.inf), z, stale, 2 * stale,
                                        3 * stale, yes, ~yes, zeros, zeros, ~yes)
             turned = torch.zeros(3, dtype=torch.bool)
             for leaf in range(2**depth):
-                store, check = nuts_sampler.checkpoint_masks(leaf, 1, slots, z.device)
-                sub = nuts_sampler.add_leaf(leapfrog, sub, zeros, zeros, inverse_mass, torch.full((3,), 0.5),
+                store, check = trees.checkpoint_masks(leaf, 1, slots, z.device)
+                sub = trees.add_leaf(leapfrog, sub, zeros, zeros, inverse_mass, torch.full((3,), 0.5),
                                             store[0], check[0])
                 turned |= sub.failed
                 sub = sub._replace(building=yes, failed=~yes)  # go on to the end to see every check
@@ -116,38 +117,38 @@ def test_is_turning_on_a_circle():
         return torch.stack([-torch.sin(t), torch.cos(t)], -1).view(n, 1, 1, 2)
 
     short, long = arc(0.9 * math.pi), arc(1.2 * math.pi)
-    assert not nuts_sampler.is_turning(short[0], short[-1], short.sum(0), eye)
-    assert nuts_sampler.is_turning(long[0], long[-1], long.sum(0), eye)
+    assert not trees.is_turning(short[0], short[-1], short.sum(0), eye)
+    assert trees.is_turning(long[0], long[-1], long.sum(0), eye)
 
 
 def test_warmup_windows_are_stans():
-    assert nuts_sampler.adaptation_windows(500) == [(75, 100), (100, 150), (150, 250), (250, 450)]
-    assert nuts_sampler.adaptation_windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
-    assert nuts_sampler.adaptation_windows(100) == [(15, 90)]  # too short for the defaults: 15% / 75% / 10%
-    assert nuts_sampler.adaptation_windows(10) == []
+    assert adaptation.adaptation_windows(500) == [(75, 100), (100, 150), (150, 250), (250, 450)]
+    assert adaptation.adaptation_windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
+    assert adaptation.adaptation_windows(100) == [(15, 90)]  # too short for the defaults: 15% / 75% / 10%
+    assert adaptation.adaptation_windows(10) == []
 
 
 def test_recorded_steps_equal_the_python_ones():
     mean, _, log_density = gaussian_target(n_points=4)
     z = torch.randn(2, *mean.shape)
-    leaves, extend = nuts_sampler.record_steps(log_density, z, slots=5)
+    leaves, extend = trees.record_steps(log_density, z, slots=5)
     assert isinstance(leaves[2], torch.fx.GraphModule)  # a recording, not the Python
     g = torch.Generator().manual_seed(1)
     state = lambda: torch.randn(z.shape, generator=g)  # noqa: E731
     ckpt = torch.randn(5, *z.shape, generator=g)
     yes = torch.tensor([True, False])
-    sub = nuts_sampler.Subtree(state(), state(), state(), state(), torch.randn(2), state(), torch.tensor([-1.0, 0.3]),
+    sub = trees.Subtree(state(), state(), state(), state(), torch.randn(2), state(), torch.tensor([-1.0, 0.3]),
                                state(), ckpt, 2 * ckpt, 3 * ckpt, yes, ~yes, torch.ones(2), torch.ones(2), ~yes)
     inverse_mass = torch.eye(2).expand(2, 4, 2, 2).contiguous()
     args = (*sub, torch.tensor([0.2, -0.3]), torch.tensor([3.0, -2.0]), inverse_mass, torch.rand(2, 2, generator=g),
-            *nuts_sampler.checkpoint_masks(2, 2, 5, z.device))
-    for a, b in zip(leaves[2](*args), nuts_sampler.AddLeaves(log_density, 2)(*args)):
+            *trees.checkpoint_masks(2, 2, 5, z.device))
+    for a, b in zip(leaves[2](*args), trees.AddLeaves(log_density, 2)(*args)):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
-    tree = nuts_sampler.Tree(state(), state(), state(), state(), state(), state(), state(), torch.randn(2), state(),
+    tree = trees.Tree(state(), state(), state(), state(), state(), state(), state(), torch.randn(2), state(),
                              torch.randn(2), state(), yes, torch.ones(2, dtype=torch.long), torch.ones(2),
                              torch.ones(2), ~yes)
     args = (*tree, *sub, torch.tensor([True, False]), torch.rand(2, generator=g), inverse_mass, yes)
-    for a, b in zip(extend(*args), nuts_sampler._extend_flat(*args)):
+    for a, b in zip(extend(*args), trees._extend_flat(*args)):
         assert torch.equal(a, b)
 
 
@@ -167,11 +168,11 @@ def test_a_density_that_cannot_be_recorded_runs_in_python(failure):
 
     z = torch.zeros(1, *mean.shape)
     with pytest.warns(UserWarning, match="could not be recorded"):
-        leaves, _ = nuts_sampler.record_steps(log_density, z, slots=3)
-    assert isinstance(leaves[1], nuts_sampler.AddLeaves) and isinstance(leaves[2], nuts_sampler.AddLeaves)
-    draws, _ = nuts_sampler.sample(gaussian, torch.zeros(1, *mean.shape), 30, 10, seed=0)
+        leaves, _ = trees.record_steps(log_density, z, slots=3)
+    assert isinstance(leaves[1], trees.AddLeaves) and isinstance(leaves[2], trees.AddLeaves)
+    draws, _ = nuts.sample(gaussian, torch.zeros(1, *mean.shape), 30, 10, seed=0)
     with pytest.warns(UserWarning):
-        same, _ = nuts_sampler.sample(log_density, torch.zeros(1, *mean.shape), 30, 10, seed=0)
+        same, _ = nuts.sample(log_density, torch.zeros(1, *mean.shape), 30, 10, seed=0)
     assert torch.allclose(draws, same, atol=1e-4)  # the Python path samples the same chain
 
 
@@ -200,10 +201,10 @@ def test_compiled_sampler_matches_the_gaussian():
     """``compile=True``: the leaf steps and the tree merge go through
     Inductor and still sample the exact posterior."""
     mean, covariance, log_density = gaussian_target(n_points=3)
-    leaves, extend = nuts_sampler.record_steps(log_density, torch.zeros(2, *mean.shape), slots=4, compile=True)
+    leaves, extend = trees.record_steps(log_density, torch.zeros(2, *mean.shape), slots=4, compile=True)
     for compiled in (leaves[1], leaves[2], extend):  # compiled, not the recording or the Python
-        assert not isinstance(compiled, (torch.fx.GraphModule, nuts_sampler.AddLeaves))
-    draws, stats = nuts_sampler.sample(log_density, torch.zeros(2, *mean.shape), 150, 300, seed=2, compile=True,
+        assert not isinstance(compiled, (torch.fx.GraphModule, trees.AddLeaves))
+    draws, stats = nuts.sample(log_density, torch.zeros(2, *mean.shape), 150, 300, seed=2, compile=True,
                                        max_tree_depth=4)
     flat = draws.reshape(-1, *mean.shape)
     idata = az.from_dict(posterior={"z": draws.numpy()})
@@ -211,7 +212,7 @@ def test_compiled_sampler_matches_the_gaussian():
     sd = covariance.diagonal(dim1=-2, dim2=-1).sqrt()
     assert torch.all((flat.mean(0) - mean).abs() < 5 * sd / ess.sqrt())
     assert not stats["diverging"].any()
-    again, _ = nuts_sampler.sample(log_density, torch.zeros(2, *mean.shape), 150, 300, seed=2, compile=True,
+    again, _ = nuts.sample(log_density, torch.zeros(2, *mean.shape), 150, 300, seed=2, compile=True,
                                    max_tree_depth=4)
     assert torch.equal(draws, again)  # the compiled kernels are deterministic too
 
@@ -224,7 +225,7 @@ def test_a_failed_compilation_runs_the_recording(monkeypatch):
 
     monkeypatch.setattr(torch._inductor, "standalone_compile", no_compiler)
     with pytest.warns(UserWarning, match="runs uncompiled: compiling failed \\(no C\\+\\+ compiler here\\)"):
-        leaves, extend = nuts_sampler.record_steps(log_density, torch.zeros(1, *mean.shape), slots=3, compile=True)
+        leaves, extend = trees.record_steps(log_density, torch.zeros(1, *mean.shape), slots=3, compile=True)
     assert isinstance(leaves[2], torch.fx.GraphModule) and isinstance(extend, torch.fx.GraphModule)
 
 
@@ -254,7 +255,7 @@ def test_one_recording_follows_new_weights_and_data(compile):
 def test_a_recording_keeps_arguments_that_were_one_tensor_apart():
     """The first tree step sees one tensor as both ends of the trajectory;
     its recording must still read the two ends from their own inputs."""
-    add = nuts_sampler.record(lambda a, b: (a + 2 * b,), (torch.ones(3),) * 2, None, "test")
+    add = recording.record(lambda a, b: (a + 2 * b,), (torch.ones(3),) * 2, name="test")
     assert torch.equal(add(torch.ones(3), torch.zeros(3))[0], torch.ones(3))
 
 

@@ -31,7 +31,6 @@ draw z. A trajectory is one recorded graph with β among its inputs: one recordi
 import copy
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -40,11 +39,13 @@ import pyro.poutine as poutine
 import torch
 from tqdm import tqdm
 
-from pyro_vae.building_blocks import frozen
+from pyro_vae.building_blocks import frozen, seeded_global_rng
 from pyro_vae.density import LATENT, log_joint_terms, observation
 from pyro_vae.estimators import mean_and_se
-from pyro_vae.nuts_sampler import (Leapfrog, NUTSState, dot, identity_metric, initial_step_size, per_chain,
-                                   record, select)
+from pyro_vae.infer.mcmc.adaptation import initial_step_size
+from pyro_vae.infer.mcmc.integrators import HMCState, Leapfrog
+from pyro_vae.infer.mcmc.metrics import dot, identity_metric, per_chain, select
+from pyro_vae.recording import record
 
 TARGET_ACCEPT = 0.65  # optimal for HMC in high dimension (Beskos et al. 2013); Wu et al.'s target
 STEP_GROW, STEP_SHRINK, STEP_MIN, STEP_MAX, ACCEPT_SMOOTHING = 1.02, 0.98, 1e-4, 0.5, 0.9
@@ -117,7 +118,7 @@ def _target_terms(model, x_rows, fixed, proposal, shape):
 
 class _Trajectory(torch.nn.Module):
     """``leapfrog_steps`` leapfrog steps of per-row size ``step`` on log p_t = log p0 + β log ratio, β a
-    0-d tensor, M = I. Unlike nuts_sampler's ``Leapfrog`` (one gradient, a dense metric) it carries the two
+    0-d tensor, M = I. Unlike ``integrators.Leapfrog`` (one gradient, a dense metric) it carries the two
     gradient terms, unrolls the steps into one recorded call, and moves z by r itself: ``velocity``'s
     product with (rows, 1, L, L) identity blocks took 13% of an MNIST-sized step."""
 
@@ -138,14 +139,14 @@ class _Trajectory(torch.nn.Module):
 
 
 def _record(trajectory, z):
-    """``trajectory`` recorded once (``nuts_sampler.record``), as ``nuts_sampler.record_steps`` does,
+    """``trajectory`` recorded once (``recording.record``), as ``trees.record_steps`` does,
     and checked against the Python at a second point (other z, momenta, step and β); where recording fails
     or disagrees, the Python runs, with a warning."""
     trajectory = trajectory.eval()
     step, beta, zeros = torch.full(z.shape[:1], 0.05, dtype=z.dtype, device=z.device), z.new_tensor(0.5), 0 * z
     example = (z, torch.cos(3 * z), zeros, zeros, step, beta)
     check = (z + 0.1, torch.sin(2 * z), torch.cos(z), torch.sin(z), 0.5 * step, 0.5 * beta)
-    return record(trajectory, example, check, "AIS", stacklevel=6)
+    return record(trajectory, example, check=check, name="AIS", stacklevel=6)
 
 
 def _hmc(trajectory, state, beta, step, generator):
@@ -162,14 +163,14 @@ def _hmc(trajectory, state, beta, step, generator):
 
 
 def _initial_step(terms, state, beta, generator):
-    """Per row, Stan's heuristic (``nuts_sampler.initial_step_size``) at temperature ``beta``: double or
+    """Per row, Stan's heuristic (``adaptation.initial_step_size``) at temperature ``beta``: double or
     halve from 0.05 until one leapfrog step's acceptance crosses 0.8."""
 
     def log_density(z):
         log_p0, log_ratio, grad_p0, grad_ratio = terms(z)
         return log_p0 + beta * log_ratio, grad_p0 + beta * grad_ratio
 
-    start = NUTSState(state.z, state.log_p0 + beta * state.log_ratio, state.grad_p0 + beta * state.grad_ratio)
+    start = HMCState(state.z, state.log_p0 + beta * state.log_ratio, state.grad_p0 + beta * state.grad_ratio)
     step = initial_step_size(Leapfrog(log_density), generator, start, torch.full_like(start.log_p, 0.05),
                              identity_metric(state.z))
     return step.clamp(STEP_MIN, STEP_MAX)
@@ -202,29 +203,17 @@ def _anneal(trajectory, state, betas, steps, generator, bar):
     return log_w, accept_sum / max(len(betas) - 2, 1), used
 
 
-@contextmanager
-def _seeded(seed, device):
-    """The global RNG, which Pyro's and torch's samplers use, seeded inside and restored after."""
-    cuda = device.type == "cuda"
-    with torch.random.fork_rng(devices=[device] if cuda else []):
-        if cuda:
-            torch.cuda.default_generators[device.index if device.index is not None
-                                          else torch.cuda.current_device()].manual_seed(seed)
-        torch.random.default_generator.manual_seed(seed)
-        yield
-
-
 def _prior_draws(model, x, fixed):
     """z ~ p(z), one per row of ``x``, from the model's program with its latent left free."""
     with pyro.validation_enabled(False):
         return poutine.trace(poutine.condition(model, data=dict(fixed or {}))).get_trace(x).nodes[LATENT]["value"]
 
 
-def _run_batch(model, x, betas, options, generator, bar, exact_z=None, steps=None):
+def _run_batch(model, x, betas, options, fixed, generator, bar, exact_z=None, steps=None):
     """AIS on one batch of points, from ``exact_z`` (N, L) in every chain if given (reverse AIS), else from
     p0. With ``steps`` (T - 1, N) the step sizes are followed, else adapted on a pilot chain. Returns log
     weights (chains, N), acceptance (N,) and step sizes (T - 1, N)."""
-    chains, start, fixed, leapfrog_steps = options
+    chains, start = options.chains, options.start
     n_points, dim = len(x), model.latent_dim
     copies = chains + (steps is None)  # the pilot is the last copy
     x_rows = x.repeat(copies, *[1] * (x.dim() - 1))
@@ -235,32 +224,33 @@ def _run_batch(model, x, betas, options, generator, bar, exact_z=None, steps=Non
         z = _prior_draws(model, x_rows, fixed)
     else:
         z = proposal.sample((copies,))
-    z = z.to(x.dtype).reshape(-1, 1, dim)  # a row per (chain, point): the "chains" of nuts_sampler's helpers
+    z = z.to(x.dtype).reshape(-1, 1, dim)  # a row per (chain, point): the "chains" of the mcmc helpers
     terms = _target_terms(model, x_rows, fixed, proposal, (copies, n_points, dim))
     state = _State(z, *terms(z))
     if not torch.isfinite(state.log_p0 + state.log_ratio).all():
         raise ValueError("log p(x, z) or log p0(z) is not finite where AIS starts")
     if steps is None:  # the pilot's own start: a kept chain's states never enter a step size
         steps = _initial_step(terms, state, betas[1], generator)[-n_points:] if len(betas) > 2 else x.new_ones(n_points)
-    log_w, accept, used = _anneal(_record(_Trajectory(terms, leapfrog_steps), z), state, betas, steps, generator, bar)
+    log_w, accept, used = _anneal(_record(_Trajectory(terms, options.leapfrog_steps), z), state, betas, steps, generator, bar)
     kept = slice(0, chains * n_points)
     return log_w[kept].view(chains, n_points), accept[kept].view(chains, n_points).mean(0), used
 
 
-def _run(model, x, betas, options, seed, progress, batch_size, exact_z=None, steps=None):
-    """AIS along ``betas`` for every row of ``x``, ``batch_size`` points at a time (memory grows with
-    batch_size * chains * data_dim). All randomness comes from ``seed``; the global RNG is left as it was.
-    Returns log weights (chains, N), acceptance (N,), step sizes (T - 1, N) and seconds."""
-    if not (options[1] == "prior" or callable(options[1])):
-        raise ValueError(f"start must be 'prior' or a callable x -> q(z | x), not {options[1]!r}")
+def _run(model, x, betas, options, fixed, seed, progress, exact_z=None, steps=None):
+    """AIS along ``betas`` for every row of ``x``, ``options.batch_size`` points at a time (memory grows
+    with batch_size * chains * data_dim). All randomness comes from ``seed``; the global RNG is left as it
+    was. Returns log weights (chains, N), acceptance (N,), step sizes (T - 1, N) and seconds."""
+    if not (options.start == "prior" or callable(options.start)):
+        raise ValueError(f"start must be 'prior' or a callable x -> q(z | x), not {options.start!r}")
+    batch_size = options.batch_size
     begin = time.perf_counter()
     generator = torch.Generator(device=x.device).manual_seed(seed)
     outputs = []
-    with (frozen(model), torch.no_grad(), _seeded(seed, x.device),  # the draws from p0 use the global RNG
+    with (frozen(model), torch.no_grad(), seeded_global_rng(seed, x.device),  # the draws from p0 use the global RNG
           tqdm(total=math.ceil(len(x) / batch_size) * (len(betas) - 1), desc="AIS", disable=not progress) as bar):
         for first in range(0, len(x), batch_size):
             rows = slice(first, first + batch_size)
-            outputs.append(_run_batch(model, x[rows], betas, options, generator, bar, None if exact_z is None
+            outputs.append(_run_batch(model, x[rows], betas, options, fixed, generator, bar, None if exact_z is None
                                       else exact_z[rows], None if steps is None else steps[:, rows]))
     log_w, accept, used = (torch.cat(parts, -1) for parts in zip(*outputs))
     return log_w, accept, used, time.perf_counter() - begin
@@ -290,23 +280,35 @@ def _result(log_w, accept, step_sizes, seconds, steps, sign=1.0):
     return AISResult(estimate, log_w, *mean_and_se(estimate), accept, step_sizes, ess, seconds, steps, len(log_w))
 
 
-def ais_log_likelihood(model, x, steps=DEFAULT_STEPS, chains=DEFAULT_CHAINS, start="prior", fixed=None,
-                       leapfrog_steps=10, seed=0, progress=False, batch_size=100, schedule="sigmoid"):
+@dataclass(frozen=True)
+class AISOptions:
+    """How AIS anneals: ``chains`` runs per point through ``steps`` distributions from ``start``,
+    "prior" or a callable x_batch -> q(z | x) (batch shape (len(x_batch),), event (L,)); HMC transitions
+    of ``leapfrog_steps`` leapfrog steps; β on the ``schedule`` (:func:`annealing_schedule`);
+    ``batch_size`` points at a time."""
+
+    steps: int = DEFAULT_STEPS
+    chains: int = DEFAULT_CHAINS
+    start: object = "prior"
+    leapfrog_steps: int = 10
+    schedule: str = "sigmoid"
+    batch_size: int = 100
+
+
+def ais_log_likelihood(model, x, options=AISOptions(), *, fixed=None, seed=0, progress=False):
     """AIS estimate of log p(x) for each row of ``x`` (see the module docstring), a stochastic lower
-    bound: ``chains`` runs per point through ``steps`` distributions from ``start``, "prior" or a callable
-    x_batch -> q(z | x) (batch shape (len(x_batch),), event (L,)); ``fixed``: the model's global values;
-    ``schedule``: see :func:`annealing_schedule`. Returns an :class:`AISResult`."""
-    betas = annealing_schedule(steps, schedule).tolist()
-    options = (chains, start, fixed, leapfrog_steps)
-    return _result(*_run(model, x, betas, options, seed, progress, batch_size), steps)
+    bound, annealed as ``options`` (:class:`AISOptions`) say; ``fixed``: the model's global values.
+    Returns an :class:`AISResult`."""
+    betas = annealing_schedule(options.steps, options.schedule).tolist()
+    return _result(*_run(model, x, betas, options, fixed, seed, progress), options.steps)
 
 
-def simulate(model, num_points, fixed=None, seed=0):
+def simulate(model, num_points, *, fixed=None, seed=0):
     """(x, z) ~ p(z) p(x | z), ``num_points`` rows, from the model's program: z from its latent site, x
     from ``density.observation``. ValueError if the model's p(x | z) cannot be sampled."""
     device = next(model.parameters(), torch.empty(0)).device
     x_dummy = torch.zeros(num_points, model.data_dim, device=device)
-    with frozen(model), torch.no_grad(), _seeded(seed, device):
+    with frozen(model), torch.no_grad(), seeded_global_rng(seed, device):
         z = _prior_draws(model, x_dummy, fixed)
         try:
             x = observation(model, x_dummy, z, fixed).sample()
@@ -329,16 +331,14 @@ class BDMCResult:
     z: torch.Tensor
 
 
-def bdmc(model, num_points, steps=DEFAULT_STEPS, chains=DEFAULT_CHAINS, start="prior", fixed=None,
-         leapfrog_steps=10, seed=0, progress=False, batch_size=100, schedule="sigmoid"):
+def bdmc(model, num_points, options=AISOptions(), *, fixed=None, seed=0, progress=False):
     """BDMC (Grosse et al. 2015): simulate (z_i, x_i) ~ p(z) p(x | z); forward AIS on x_i gives
     E[log (1/K) sum_k w_k] <= log p(x_i); reverse AIS from the exact posterior draw z_i (β from 1 to 0,
     every chain starting at z_i, so each E[w_rev,k] = 1/p(x_i)) gives E[-log (1/K) sum_k w_rev,k] >=
-    log p(x_i). Returns a :class:`BDMCResult`."""
-    x, z = simulate(model, num_points, fixed, seed)
-    betas = annealing_schedule(steps, schedule)
-    options = (chains, start, fixed, leapfrog_steps)
-    forward = _result(*_run(model, x, betas.tolist(), options, seed, progress, batch_size), steps)
-    reverse = _result(*_run(model, x, betas.flip(0).tolist(), options, seed + 1, progress, batch_size, z,
-                            forward.step_sizes.flip(0)), steps, -1.0)
+    log p(x_i); both annealed as ``options`` say. Returns a :class:`BDMCResult`."""
+    x, z = simulate(model, num_points, fixed=fixed, seed=seed)
+    betas = annealing_schedule(options.steps, options.schedule)
+    forward = _result(*_run(model, x, betas.tolist(), options, fixed, seed, progress), options.steps)
+    reverse = _result(*_run(model, x, betas.flip(0).tolist(), options, fixed, seed + 1, progress, z,
+                            forward.step_sizes.flip(0)), options.steps, -1.0)
     return BDMCResult(forward.mean, reverse.mean, reverse.mean - forward.mean, forward, reverse, x, z)

@@ -30,7 +30,7 @@ Warm-up adapts, from all rows at once:
   then keeps the average of log T over warm-up with weights t^-1/2: the
   settings of TFP's ``GradientBasedTrajectoryLengthAdaptation``;
 - the metric: one dense L x L block per point from the covariance of its
-  draws pooled over its chains, over Stan's windows (as ``nuts_sampler``).
+  draws pooled over its chains, over Stan's windows (``adaptation``).
 
 All random numbers come from one ``torch.Generator`` seeded by ``seed``.
 """
@@ -41,9 +41,12 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-from pyro_vae.nuts_sampler import (MAX_ENERGY_ERROR, DualAveraging, Leapfrog, MetricWindows, NUTSState,
-                                   dense_block_metric, identity_metric, init, initial_step_size, kinetic_energy,
-                                   record, resolve_compile, sample_momentum, select, velocity)
+from pyro_vae.infer.mcmc.adaptation import DualAveraging, MetricWindows, initial_step_size
+from pyro_vae.infer.mcmc.integrators import HMCState, Leapfrog, init
+from pyro_vae.infer.mcmc.metrics import (dense_block_metric, identity_metric, kinetic_energy, sample_momentum, select,
+                                         velocity)
+from pyro_vae.infer.mcmc.trees import MAX_ENERGY_ERROR
+from pyro_vae.recording import record, resolve_compile
 
 TARGET_ACCEPT = 0.651  # the harmonic mean of the acceptance probabilities (Hoffman et al. 2021, after Beskos et al.)
 LEARNING_RATE = 0.025  # on log T: TFP's GradientBasedTrajectoryLengthAdaptation defaults, here and below
@@ -71,20 +74,21 @@ def jitter(index):
 
 def record_leapfrog(log_density, z, compile=False):
     """The leapfrog of ``log_density`` recorded at ``z``'s shapes
-    (``nuts_sampler.record``, compiled with ``compile``) and checked against
+    (``recording.record``, compiled with ``compile``) and checked against
     the Python at a second point."""
     rows, _, dim = z.shape
     eye = torch.eye(dim, device=z.device, dtype=z.dtype).expand(*z.shape, dim).contiguous()
     step = torch.full((rows,), 0.1, device=z.device, dtype=z.dtype)
     example = (z, torch.cos(3 * z), torch.zeros_like(z), step, eye)
     check = (z + 0.1, torch.sin(2 * z), torch.cos(z), 2 * step, 2 * eye)
-    return record(Leapfrog(log_density).eval(), example, check, "ChEES-HMC", compile, stacklevel=5)
+    return record(Leapfrog(log_density).eval(), example, check=check, name="ChEES-HMC", compile=compile,
+                  stacklevel=5)
 
 
 def step(leapfrog, state, step_size, n_steps, metric, generator):
     """One jittered-HMC transition of every row: ``n_steps`` leapfrog steps of
     size ``step_size`` (0-d), then each row's Metropolis test. Returns the new
-    ``NUTSState`` and the :class:`Proposal`."""
+    ``HMCState`` and the :class:`Proposal`."""
     r = sample_momentum(metric, generator)
     energy0 = -state.log_p + kinetic_energy(r, metric.inverse_mass)
     z, grad, steps = state.z, state.grad, step_size.expand(len(state.z)).contiguous()
@@ -94,7 +98,7 @@ def step(leapfrog, state, step_size, n_steps, metric, generator):
     log_accept = torch.nan_to_num(energy0 + log_p - kinetic, nan=-math.inf).clamp(max=0)
     uniform = torch.rand(log_accept.shape, generator=generator, dtype=log_accept.dtype, device=log_accept.device)
     accept = uniform.log() < log_accept
-    new = NUTSState(*select(accept, (z, log_p, grad), state))
+    new = HMCState(*select(accept, (z, log_p, grad), state))
     return new, Proposal(z, velocity(r, metric.inverse_mass), log_accept.exp(), log_accept < -MAX_ENERGY_ERROR)
 
 
@@ -157,7 +161,7 @@ def sample(log_density, init_z, chains, warmup=500, samples=500, seed=0, progres
 
     ``log_density(z)`` takes z (rows, 1, L) and returns (log p per row, its
     gradient). ``compile`` (counting ``chains`` x iterations) and
-    ``recorded``: as ``nuts_sampler.sample``.
+    ``recorded``: as ``nuts.sample``.
     Returns (draws (rows, samples, 1, L), statistics of the kept iterations,
     each (rows, samples): ``acceptance_rate`` (the Metropolis probability),
     ``n_steps``, ``diverging``, ``step_size``).

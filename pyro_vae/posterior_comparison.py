@@ -22,14 +22,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.ais import ais_log_likelihood
-from pyro_vae.estimators import elbo_per_point, log_likelihood, mean_and_se
-from pyro_vae.local_fit import fit_local_posterior, refine
+from pyro_vae.estimators import elbo_terms, log_likelihood, mean_and_se
+from pyro_vae.guides.semi_amortized import SemiAmortizedGuide
+from pyro_vae.infer.ais import AISOptions, ais_log_likelihood
+from pyro_vae.local_fit import fit_local_posterior
 from pyro_vae.mcmc import diagnose, inference_data, sample_latents
-from pyro_vae.posterior import moment_matched
+from pyro_vae.moment_matching import moment_matched
 
 METHODS = ("amortized", "semi_amortized", "meanfield", "nuts")
-REFINE_LR, REFINE_PARTICLES = 0.05, 8
 
 
 def as_full_gaussian(q):
@@ -51,7 +51,8 @@ class Posteriors(dict):
     time (``seconds``), the NUTS draws and their InferenceData."""
 
 
-def infer_posteriors(model, encoder, x, chains, warmup, samples, seed, progress=False, fixed=None, refine_steps=20):
+def infer_posteriors(model, encoder, x, *, chains, warmup, samples, seed, progress=False, fixed=None,
+                     refine_steps=20):
     """p(z | x) for the rows of ``x`` by the encoder, the encoder refined by
     ``refine_steps`` Adam steps (semi-amortized), a per-point mean-field fit
     and NUTS (started from the encoder's q), each timed (the semi-amortized
@@ -62,23 +63,24 @@ def infer_posteriors(model, encoder, x, chains, warmup, samples, seed, progress=
     with torch.no_grad():
         posteriors["amortized"] = encoder.posterior(x, fixed=fixed)
     posteriors.seconds["amortized"] = time.perf_counter() - start
-    q0 = posteriors["amortized"]
-    loc, log_scale = refine(model, x, q0.mean, q0.stddev.log(), refine_steps, REFINE_LR, REFINE_PARTICLES, fixed)
-    posteriors["semi_amortized"] = dist.Normal(loc, log_scale.exp()).to_event(1)
+    # the semi-amortized guide's own refinement (its learning rate and draws), for refine_steps steps
+    posteriors["semi_amortized"] = SemiAmortizedGuide.refine(model, x, posteriors["amortized"], steps=refine_steps,
+                                                             fixed=fixed)
     posteriors.seconds["semi_amortized"] = time.perf_counter() - start
     start = time.perf_counter()
     posteriors["meanfield"], posteriors.meanfield_steps = fit_local_posterior(model, x, fixed=fixed)
     posteriors.seconds["meanfield"] = time.perf_counter() - start
     posteriors.draws, stats, posteriors.seconds["nuts"] = sample_latents(
-        model, x, chains, warmup, samples, posteriors["amortized"], seed, progress=progress, fixed=fixed)
+        model, x, chains=chains, warmup=warmup, samples=samples, init=posteriors["amortized"], seed=seed,
+        progress=progress, fixed=fixed)
     posteriors["nuts"] = moment_matched(posteriors.draws)
     posteriors.nuts_idata = inference_data(posteriors.draws, stats, x)
     return posteriors
 
 
-def score(model, q, x, reference, iwae_samples, elbo_samples, fixed=None):
+def score(model, q, x, reference, *, iwae_samples, elbo_samples, fixed=None):
     """Per-point ELBO and log p(x) of ``q``, and its summary row against the NUTS ``reference``."""
-    elbo = elbo_per_point(model, q, x, elbo_samples, fixed)
+    elbo = elbo_terms(model, lambda _: q, x, samples=elbo_samples, batch_size=len(x), fixed=fixed)[2]
     ll = log_likelihood(model, lambda _: q, x, iwae_samples, batch_size=len(x), fixed=fixed)
     kl = torch.distributions.kl_divergence(as_full_gaussian(q), reference)
     row = {
@@ -109,28 +111,31 @@ def exact_row(model, x, reference, meanfield_elbo):
 def ais_log_px(model, x, q, steps, chains, seed, fixed):
     """log p(x) per point by AIS from ``q`` (the Gaussian moment-matched to
     NUTS), and its summary for the report."""
-    result = ais_log_likelihood(model, x, steps, chains, start=lambda _: q, fixed=fixed, seed=seed)
+    result = ais_log_likelihood(model, x, AISOptions(steps=steps, chains=chains, start=lambda _: q), fixed=fixed,
+                                seed=seed)
     return result.log_likelihood, {"log_likelihood": result.mean, "log_likelihood_se": result.se, "steps": steps,
                                    "chains": chains, "acceptance": float(result.acceptance.mean()),
                                    "seconds": result.seconds}
 
 
-def compare_posteriors(model, encoder, x, iwae_samples=1000, elbo_samples=200, chains=4, warmup=1000, samples=1000,
-                       seed=0, progress=False, fixed=None, refine_steps=20, ais_steps=None, ais_chains=16):
+def compare_posteriors(model, encoder, x, *, iwae_samples=1000, elbo_samples=200, chains=4, warmup=1000,
+                       samples=1000, seed=0, progress=False, fixed=None, refine_steps=20, ais_steps=None,
+                       ais_chains=16):
     """Infer p(z | x) for the rows of ``x`` four ways under the fixed decoder of
     ``model`` and score each. log p(x) for the gaps is the importance-weighted
     estimate with the NUTS proposal, or, with ``ais_steps``, AIS started
     from that proposal (tight where a Gaussian proposal is loose: 50-D
     latents). Returns (results dict, posteriors dict, NUTS draws, InferenceData of NUTS)."""
     pyro.set_rng_seed(seed)
-    posteriors = infer_posteriors(model, encoder, x, chains, warmup, samples, seed, progress, fixed, refine_steps)
+    posteriors = infer_posteriors(model, encoder, x, chains=chains, warmup=warmup, samples=samples, seed=seed,
+                                  progress=progress, fixed=fixed, refine_steps=refine_steps)
     _, nuts_figures, nuts_warnings = diagnose(posteriors.nuts_idata, chains)
     reference = posteriors["nuts"]
     per_point = {}
     results = {"num_points": len(x), "iwae_samples": iwae_samples, "elbo_samples": elbo_samples}
     for name in METHODS:
-        results[name], per_point[name] = score(model, posteriors[name], x, reference, iwae_samples, elbo_samples,
-                                               fixed)
+        results[name], per_point[name] = score(model, posteriors[name], x, reference, iwae_samples=iwae_samples,
+                                               elbo_samples=elbo_samples, fixed=fixed)
         results[name].update(seconds=posteriors.seconds[name], seconds_per_point=posteriors.seconds[name] / len(x))
     results["meanfield"]["steps"] = posteriors.meanfield_steps
     results["semi_amortized"]["steps"] = refine_steps

@@ -20,13 +20,15 @@ from tqdm import tqdm
 
 from pyro_vae import distributed
 from pyro_vae.assembly import build, load_data, resolve_device
-from pyro_vae.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
+from pyro_vae.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pyro_vae.files import write_json
 from pyro_vae.cli import UsageError
-from pyro_vae.config import config_from_checkpoint, learning_rate
+from pyro_vae.config import learning_rate
 from pyro_vae.density import plug_in_values
-from pyro_vae.estimators import log_likelihood
-from pyro_vae.rundir import default_out, load_states, prepare_out, save_figures, write_config, write_metrics
-from pyro_vae.train import Interrupted, NonFiniteLoss, elbo_per_example, make_svi, train_epoch
+from pyro_vae.estimators import elbo_terms, log_likelihood
+from pyro_vae.rundir import (FitResult, config_from_checkpoint, default_out, load_states, prepare_out, save_figures,
+                             write_config, write_metrics)
+from pyro_vae.train import Interrupted, NonFiniteLoss, make_svi, train_epoch
 
 # A guide without an encoder fits a fresh q(z) to each test point whenever it
 # is scored, so it is scored on the capped evaluation subset, every this many
@@ -35,17 +37,6 @@ NON_AMORTIZED_TEST_EVERY = 10
 # --compile auto compiles SVI's step on a GPU for runs of this many steps or more: compiling took 1-9 s
 # on CPU (Inductor's disk cache warm or cold); a run this long amortises it many times over
 AUTO_COMPILE_STEPS = 5000
-
-
-@dataclass
-class FitResult:
-    model: torch.nn.Module
-    guide: torch.nn.Module
-    data: object
-    config: object
-    metrics: list
-    summary: dict
-    out: Path
 
 
 @dataclass
@@ -147,9 +138,9 @@ def resume_svi(run_dir, epochs=None, progress=True, log=print, should_stop=None)
         distributed.stop(cluster)
 
 
-def test_elbo(session, epoch):
-    """The test ELBO after ``epoch``, or None between the scored epochs of a
-    guide without an encoder."""
+def held_out_elbo(session, epoch):
+    """The test ELBO after ``epoch`` in nats per example (``estimators.elbo_terms``,
+    one draw per example), or None between the scored epochs of a guide without an encoder."""
     config, model, guide = session.config, session.model, session.guide
     if getattr(guide, "amortized", True):
         x = session.data.test_x
@@ -158,8 +149,8 @@ def test_elbo(session, epoch):
     else:
         return None
     fixed = plug_in_values(model, guide)
-    return elbo_per_example(model, lambda xb: guide.posterior(xb, key="test", fixed=fixed), x, config.elbo,
-                            fixed=fixed)
+    proposal = lambda xb: guide.posterior(xb, key="test", fixed=fixed)  # noqa: E731
+    return elbo_terms(model, proposal, x, fixed=fixed)[2].mean().item()
 
 
 def train_epochs(session, start_epoch, metrics, progress, log, should_stop):
@@ -189,7 +180,7 @@ def train_epochs(session, start_epoch, metrics, progress, log, should_stop):
         guide.eval()
         if not cluster.is_main:
             continue
-        elbo = test_elbo(session, epoch)
+        elbo = held_out_elbo(session, epoch)
         metrics.append({"epoch": epoch, "train_elbo": train_elbo, "test_elbo": elbo, "seconds": seconds})
         write_metrics(out, metrics)
         save_checkpoint(out / "checkpoint.pt", checkpoint_state(session, epoch, metrics))
