@@ -1,11 +1,13 @@
 """Assembling a run from its settings: the device, the data, the model and the guide."""
 
+import pyro
+import pyro.poutine as poutine
 import torch
 
 from pyro_vae.building_blocks import hidden_activation
 from pyro_vae.cli import UsageError, doing, import_user_modules
 from pyro_vae.data import load_dataset
-from pyro_vae.density import observation
+from pyro_vae.density import latent_layout, observation, prior_draws
 from pyro_vae.guides.decoder_posterior import DecoderPosterior, WithDecoderPosterior
 from pyro_vae.registry import get_guide, get_model
 
@@ -46,6 +48,10 @@ def build_model(config, data):
     sizes = f"data dim {data.data_dim}, latent dim {config.latent_dim}, hidden dims {list(config.hidden_dims)}"
     with doing(f"building model {model_cls.name} ({sizes})"), hidden_activation(config.activation):
         model = model_cls(data.data_dim, config.latent_dim, config.hidden_dims).to(data.device)
+    try:
+        latent_layout(model, data.test_x[:2])
+    except ValueError as error:
+        raise UsageError(f"model {model.name}: {error}") from None
     if config.bayesian_decoder:
         if not isinstance(getattr(model, "decoder", None), torch.nn.Module):
             raise UsageError(f"--bayesian-decoder needs a model with a decoder network; {model.name} has none")
@@ -73,7 +79,31 @@ def build(config, data):
             guide.local_steps = config.local_steps or guide.local_steps
         if config.bayesian_decoder:
             guide = WithDecoderPosterior(guide, DecoderPosterior(model).to(data.device))
+    check_guide_samples_every_latent(model, guide, data)
     return model, guide
+
+
+@torch.no_grad()
+def check_guide_samples_every_latent(model, guide, data):
+    """Every continuous latent site of the model is sampled by the guide (Trace_ELBO would otherwise
+    draw it from the prior, silently, and no estimator could score it): a one-line UsageError naming
+    the sites otherwise. The guide runs once, in eval mode, on two test rows, the RNG left as it was."""
+    x = data.test_x[:2]
+    idx = torch.arange(len(x), device=x.device)
+    wanted = set(latent_layout(model, x).names)
+    was_training = guide.training
+    guide.eval()
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        with pyro.validation_enabled(False), torch.random.fork_rng(devices=devices):
+            trace = poutine.trace(poutine.block(guide, hide_types=["param"])).get_trace(x, idx, data.num_train)
+    finally:
+        guide.train(was_training)
+    missing = wanted - {name for name, site in trace.nodes.items() if site["type"] == "sample"}
+    if missing:
+        raise UsageError(f"guide {guide.name} samples no value for the model's latent site(s) "
+                         f"{', '.join(sorted(missing))} of model {model.name}: it must sample every latent site "
+                         f"({', '.join(sorted(wanted))})")
 
 
 @torch.no_grad()
@@ -83,7 +113,7 @@ def check_decoder_is_sampled(model, x):
     that calls ``self.decoder(z)`` would silently use its unused point
     weights instead: run the program at two different weight values and
     refuse a likelihood that does not change."""
-    z = torch.zeros(len(x), model.latent_dim, device=x.device)
+    z = {name: torch.zeros_like(value) for name, value in prior_draws(model, x).items()}
     weights = dict(model.decoder.named_parameters())
     means = [observation(model, x, z, {f"decoder.{name}": value * scale + shift for name, value in weights.items()}).mean
              for scale, shift in ((1.0, 0.0), (-0.5, 0.3))]

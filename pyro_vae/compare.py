@@ -26,12 +26,13 @@ from pyro_vae import plots
 from pyro_vae.assembly import resolve_device
 from pyro_vae.checkpoint import CheckpointError
 from pyro_vae.files import atomic_path, write_json, write_text
-from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, int_list, positive_float, positive_int,
+from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, import_user_modules, int_list, positive_float, positive_int,
                           report_out_of_memory)
-from pyro_vae.posterior_comparison import METHODS, as_full_gaussian, compare_posteriors, format_report, posterior_idata
+from pyro_vae.posterior_comparison import (METHODS, compare_posteriors, format_report, gaussian_summary,
+                                           posterior_idata)
 from pyro_vae.config import EvaluationSettings, FitConfig
 from pyro_vae.data import DATASETS, DataError
-from pyro_vae.density import observation, plug_in_values
+from pyro_vae.density import layout_of, observation, plug_in_values
 from pyro_vae.rundir import load_run, prepare_out
 from pyro_vae.scratch import ScratchSettings, fit_from_scratch
 from pyro_vae.fit_svi import fit_svi
@@ -79,6 +80,9 @@ def parser():
     scratch.add_argument("--m-steps", type=positive_int, default=20, help="MCEM decoder steps per pass (default %(default)s)")
     scratch.add_argument("--mcem-warmup", type=positive_int, default=30, help="MCEM NUTS warm-up per pass (default %(default)s)")
     scratch.add_argument("--mcem-samples", type=positive_int, default=10, help="MCEM NUTS draws per pass (default %(default)s)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first, so that models or guides it registers can be named (repeatable; a "
+                        "run's own --import modules are imported again without it)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
@@ -107,23 +111,30 @@ def save_outputs(out, results, posteriors, draws, nuts_idata, model, x, image_sh
     for name, idata in idatas.items():
         with atomic_path(out / f"{name}.nc") as tmp:
             idata.to_netcdf(str(tmp), engine="h5netcdf")
-    plots.save_forest(out / "forest.png", idatas)
-    if model.latent_dim == 2:
-        gaussians = {name: (as_full_gaussian(posteriors[name]).mean.cpu().numpy(),
-                            as_full_gaussian(posteriors[name]).covariance_matrix.cpu().numpy())
+    layout = layout_of(model, x, fixed)
+    summaries = {name: gaussian_summary(posteriors[name], layout) for name in METHODS}
+    if layout.is_identity():
+        plots.save_forest(out / "forest.png", idatas)
+    else:
+        results["notes"].append(f"forest.png skipped: the latents are several sites ({', '.join(layout.names)})")
+    if layout.dim == 2:
+        gaussians = {name: (summaries[name].mean.cpu().numpy(), summaries[name].covariance_matrix.cpu().numpy())
                      for name in ("amortized", "semi_amortized", "meanfield")}
         plots.save_ellipses(out / "ellipses.png", gaussians, draws, min(ELLIPSE_POINTS, len(x)))
     else:
-        results["notes"].append(f"ellipses.png skipped: it needs a 2-D latent, this one is {model.latent_dim}-D")
+        results["notes"].append(f"ellipses.png skipped: it needs a 2-D latent, this one is {layout.dim}-D")
     if image_shape is not None:
         with torch.no_grad():
-            rows = [x[:8]] + [observation(model, x[:8], posteriors[m].mean[:8], fixed).mean for m in METHODS]
+            means = {m: summaries[m].mean[:8] for m in METHODS}
+            means = {m: u if layout.is_identity() else layout.unflatten(u)[0] for m, u in means.items()}
+            rows = [x[:8]] + [observation(model, x[:8], means[m], fixed).mean for m in METHODS]
         plots.save_image_grid(out / "reconstructions.png", torch.cat(rows), image_shape, nrow=len(rows[0]))
         results["notes"].append("reconstructions.png rows: data, then the decoder mean at the posterior mean of "
                                 + ", ".join(METHODS))
 
 
 def run_compare(args, log=print):
+    import_user_modules(args.imports)
     out = prepare_out(args.out or f"runs/compare-{args.dataset or 'digits'}-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.fit_from_scratch:
         config = FitConfig(dataset=args.dataset or "digits", data_dir=args.data_dir, model=args.model,
@@ -145,7 +156,7 @@ def run_compare(args, log=print):
         model, guide, x, iwae_samples=args.iwae_samples, elbo_samples=args.elbo_samples, chains=args.chains,
         warmup=args.warmup, samples=args.samples, seed=args.seed, progress=args.progress, fixed=fixed,
         refine_steps=args.refine_steps, ais_steps=args.ais_steps, ais_chains=args.ais_chains)
-    results.update(dataset=data.name, run=str(run), latent_dim=model.latent_dim, notes=[])
+    results.update(dataset=data.name, run=str(run), latent_dim=layout_of(model, x).dim, notes=[])
     save_outputs(out, results, posteriors, draws, nuts_idata, model, x, data.image_shape, fixed)
     report = format_report(results, data.name, run)
     write_text(out / "report.md", report)

@@ -84,6 +84,7 @@ class CompiledSVI:
             return self.svi.step(*args)
         with torch.no_grad():  # the graph holds the backward pass: autograd need not record it again
             loss, *grads = self.graph(*[a for a in args if torch.is_tensor(a)])
+        loss = loss.detach()
         for param, grad in zip(self.params, grads):
             param.grad = grad
         self.optim(self.params)

@@ -2,9 +2,14 @@
 
 ``FitConfig`` holds what every run has (data, model, optimiser, device) and
 two groups: ``mcmc`` (read only by ``--inference nuts``) and ``evaluation``
-(the log-likelihood estimate written into ``summary.json``). On the command
-line a grouped setting is a flag of its own (``--chains`` sets
-``config.mcmc.chains``).
+(the log-likelihood estimate written into ``summary.json``). Each field is
+a flag of ``python -m pyro_vae.fit`` (``latent_dim`` is ``--latent-dim``; a
+grouped setting is a flag of its own: ``--chains`` sets ``mcmc.chains``),
+and what each means is said once, in that command's ``--help``
+(``pyro_vae.fit.parser``): the docs quote it and tests/test_docs.py checks
+the defaults they write. A field whose default is None means "decided by the
+run": the dataset's model, binarization and sizes, the guide's local steps,
+every point in one NUTS block, a run directory named after the run.
 """
 
 from dataclasses import asdict, dataclass, field, fields
@@ -42,16 +47,16 @@ def learning_rate(config, epoch):
 class MCMCSettings:
     """``--inference nuts``: which points, how many chains and draws."""
 
-    mode: str = "fixed-decoder"  # or "mcem": Monte Carlo EM from scratch
-    decoder_from: str | None = None  # fixed-decoder: the run whose decoder is held fixed
+    mode: str = "fixed-decoder"
+    decoder_from: str | None = None
     subset: int = 100
     chains: int = 4
     warmup: int = 500
     samples: int = 500
-    em_iterations: int = 20  # mcem: E-step / M-step rounds
-    m_steps: int = 20  # mcem: Adam steps on the decoder per round
-    sampler: str = "nuts"  # fixed-decoder: nuts, or chees (ChEES-HMC, every point its own chains)
-    block_size: int | None = None  # fixed-decoder nuts: points per joint trajectory (None: all of them)
+    em_iterations: int = 20
+    m_steps: int = 20
+    sampler: str = "nuts"
+    block_size: int | None = None
 
     def validate(self):
         if self.mode not in NUTS_MODES:
@@ -72,42 +77,42 @@ class MCMCSettings:
 class EvaluationSettings:
     """The importance-weighted log p(x) a run reports in ``summary.json``."""
 
-    iwae_samples: int = 1000  # K
-    max_examples: int = 1000  # on the first this many test examples
+    iwae_samples: int = 1000
+    max_examples: int = 1000
 
 
 @dataclass
 class FitConfig:
     """Every setting of a run."""
 
-    inference: str = "svi"  # svi (with --guide) or nuts
-    model: str | None = None  # None: the dataset's default model
-    guide: str = "amortized"  # the variational family (--inference svi)
+    inference: str = "svi"
+    model: str | None = None
+    guide: str = "amortized"
     dataset: str = "digits"
     data_dir: str | None = None
     download: bool = False
-    num_train: int | None = None  # first N training examples (synthetic: generate N)
+    num_train: int | None = None
     num_test: int | None = None
-    data_dim: int | None = None  # synthetic datasets only
-    data_seed: int | None = None  # synthetic datasets only
-    binarize: str | None = None  # None: the dataset's default
+    data_dim: int | None = None
+    data_seed: int | None = None
+    binarize: str | None = None
     latent_dim: int = 2
     hidden_dims: tuple = (400,)
-    activation: str = "softplus"  # of every hidden layer built by building_blocks.mlp
+    activation: str = "softplus"
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3
-    lr_schedule: str = "constant"  # or "burda": lr x 10^(-i/7) for 3^i epochs, i = 0..7 (Burda et al. 2015)
-    local_lr: float = 0.1  # per-datapoint parameters: meanfield's rows, and refinement steps
-    local_steps: int | None = None  # refinement steps per minibatch / new point (None: the guide's default)
+    lr_schedule: str = "constant"
+    local_lr: float = 0.1
+    local_steps: int | None = None
     elbo: str = "trace"
-    clip_norm: float | None = None  # clip the global gradient norm of the (dense) parameters
-    bayesian_decoder: bool = False  # N(0, I) priors on decoder weights, mean-field q(theta) ("full VB")
+    clip_norm: float | None = None
+    bayesian_decoder: bool = False
     seed: int = 0
     device: str = "auto"
-    compile: str = "auto"  # SVI's step and NUTS's recorded steps through torch.compile: auto, on or off
-    out: str | None = None  # None: runs/<dataset>-<guide or inference>-<timestamp>
-    imports: list = field(default_factory=list)  # user modules that register models/guides
+    compile: str = "auto"
+    out: str | None = None
+    imports: list = field(default_factory=list)
     mcmc: MCMCSettings = field(default_factory=MCMCSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
 

@@ -1,7 +1,9 @@
 """Estimators of log p(x) and of the ELBO, for any model and any q(z | x).
 
 All figures are in nats per example. ``proposal(x_batch)`` returns q(z | x)
-with batch shape (len(x_batch),); ``fixed`` holds the model's global values
+with batch shape (len(x_batch),), a torch distribution over the model's one
+latent site or a posterior over several (``pyro_vae.posteriors``: dict
+values, the guide's whole program); ``fixed`` holds the model's global values
 (``density.plug_in_values``). Every density comes from the model's program
 (``pyro_vae.density``).
 
@@ -21,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from pyro_vae.density import log_joint, log_joint_terms
+from pyro_vae.posteriors import flat_mean
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 # Particles are drawn in chunks so that one chunk's (particles x examples x
@@ -106,7 +109,7 @@ def evaluate(model, proposal, x, num_samples=5000, batch_size=100, progress=Fals
         batch_reconstruction, batch_kl, _ = elbo_terms(model, same_q, x_batch, batch_size=len(x_batch), fixed=fixed)
         reconstruction.append(batch_reconstruction)
         kl.append(batch_kl)
-        means.append(q.mean)
+        means.append(flat_mean(q.mean))
     ll, reconstruction, kl = torch.cat(ll), torch.cat(reconstruction), torch.cat(kl)
     count, variances = count_active(torch.cat(means))
     results = {"num_examples": len(x), "iwae_samples": num_samples}

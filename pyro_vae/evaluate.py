@@ -31,10 +31,11 @@ from pyro_vae.infer import ais
 from pyro_vae.assembly import resolve_device
 from pyro_vae.checkpoint import CheckpointError
 from pyro_vae.files import write_json
-from pyro_vae.cli import ArgumentParser, UsageError, exit_with, positive_int, report_out_of_memory
+from pyro_vae.cli import ArgumentParser, UsageError, exit_with, import_user_modules, positive_int, report_out_of_memory
 from pyro_vae.data import DataError
 from pyro_vae.density import plug_in_values
 from pyro_vae.estimators import evaluate
+from pyro_vae.posteriors import guide_posterior
 from pyro_vae.rundir import load_run
 
 
@@ -82,6 +83,9 @@ def parser():
                         "AIS, the AIS settings above, --max-examples points, default 100)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first, so that models or guides it registers can be named (repeatable; a "
+                        "run's own --import modules are imported again without it)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
@@ -99,7 +103,7 @@ def examples_and_proposal(run, split, max_examples):
         x = x[:max_examples] if max_examples else x
         return x, (lambda xb, rows: guide.posterior(xb, idx=rows)), True, fixed
     x = x[:max_examples] if max_examples else x
-    return x, (lambda xb: guide.posterior(xb, fixed=fixed)), False, fixed
+    return x, (lambda xb: guide_posterior(guide, xb, fixed=fixed)), False, fixed
 
 
 def ais_summary(result, start):
@@ -121,6 +125,7 @@ def bdmc_summary(run, args, fixed):
 
 
 def run_evaluate(args):
+    import_user_modules(args.imports)
     run = load_run(args.run_dir, resolve_device(args.device))
     pyro.set_rng_seed(args.seed)
     x, proposal, indexed, fixed = examples_and_proposal(run, args.split, args.max_examples)
@@ -129,7 +134,7 @@ def run_evaluate(args):
     if getattr(run.guide, "last_fit_steps", None) is not None:  # q fitted per point at test time
         results["test_time_fit_steps"] = run.guide.last_fit_steps
     if args.estimator == "ais":
-        start = "prior" if args.ais_start == "prior" else (lambda xb: run.guide.posterior(xb, fixed=fixed))
+        start = "prior" if args.ais_start == "prior" else (lambda xb: guide_posterior(run.guide, xb, fixed=fixed))
         options = ais.AISOptions(steps=args.ais_steps, chains=args.ais_chains, start=start)
         result = ais.ais_log_likelihood(run.model, x, options, fixed=fixed, seed=args.seed, progress=args.progress)
         results["ais"] = ais_summary(result, args.ais_start)

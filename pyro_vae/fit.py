@@ -104,7 +104,7 @@ def parser():
                    help="constant, or burda: --lr x 10^(-i/7) for 3^i epochs, i = 0..7, as Burda et al. (2015) "
                         "(default %(default)s)")
     p.add_argument("--compile", choices=COMPILE_MODES, default=d.compile,
-                   help="record SVI's step (NUTS's steps) once and compile it with torch.compile: on, off, or auto: "
+                   help="record SVI's step (the samplers' steps) once and compile it with Inductor: on, off, or auto: "
                         "when the run is long enough to pay for it (default %(default)s)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<guide>-<timestamp>)")
     add_mcmc_flags(p.add_argument_group("--inference nuts"), MCMCSettings())
@@ -126,15 +126,15 @@ def add_mcmc_flags(group, d):
     group.add_argument("--decoder-from", dest="mcmc.decoder_from", metavar="RUN_DIR", help="the run whose decoder is held fixed")
     group.add_argument("--subset", dest="mcmc.subset", type=positive_int, default=d.subset, metavar="N",
                        help="points (default %(default)s)")
-    group.add_argument("--chains", dest="mcmc.chains", type=positive_int, default=d.chains,
+    group.add_argument("--chains", dest="mcmc.chains", type=positive_int, default=d.chains, metavar="N",
                        help="chains, all moved together in one batch (default %(default)s)")
-    group.add_argument("--warmup", dest="mcmc.warmup", type=nonnegative_int, default=d.warmup,
+    group.add_argument("--warmup", dest="mcmc.warmup", type=nonnegative_int, default=d.warmup, metavar="N",
                        help="warm-up steps per chain (default %(default)s)")
-    group.add_argument("--samples", dest="mcmc.samples", type=positive_int, default=d.samples,
+    group.add_argument("--samples", dest="mcmc.samples", type=positive_int, default=d.samples, metavar="N",
                        help="draws per chain (default %(default)s)")
-    group.add_argument("--em-iterations", dest="mcmc.em_iterations", type=positive_int, default=d.em_iterations,
+    group.add_argument("--em-iterations", dest="mcmc.em_iterations", type=positive_int, default=d.em_iterations, metavar="N",
                        help="mcem rounds (default %(default)s)")
-    group.add_argument("--m-steps", dest="mcmc.m_steps", type=positive_int, default=d.m_steps,
+    group.add_argument("--m-steps", dest="mcmc.m_steps", type=positive_int, default=d.m_steps, metavar="N",
                        help="mcem: Adam steps (--lr) on the decoder per round (default %(default)s)")
     group.add_argument("--sampler", dest="mcmc.sampler", choices=SAMPLERS, default=d.sampler,
                        help="fixed-decoder: nuts, or chees (ChEES-HMC: every point its own --chains chains, one "

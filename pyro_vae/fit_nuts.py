@@ -33,10 +33,11 @@ import torch
 from pyro_vae.assembly import build_model, load_data, resolve_device
 from pyro_vae.checkpoint import save_checkpoint
 from pyro_vae.cli import UsageError
-from pyro_vae.density import plug_in_values
+from pyro_vae.density import layout_of, plug_in_values
 from pyro_vae.files import atomic_path, write_json
 from pyro_vae.mcmc import diagnose, inference_data, monte_carlo_em, sample_latents
 from pyro_vae.moment_matching import MomentMatchedPosterior
+from pyro_vae.posteriors import guide_posterior
 from pyro_vae.rundir import FitResult, default_out, load_run, prepare_out, write_config, write_metrics
 
 
@@ -113,8 +114,8 @@ def fit_nuts(config, progress=True, log=print):
                                     seed=config.seed, progress=progress, log=log, compile=config.compile_flag())
         write_metrics(out, history)
     log(f"{settings.sampler.upper()}: {settings.chains} chains x ({settings.warmup} warm-up + {settings.samples} "
-        f"draws) on {len(x)} points, latent dim {model.latent_dim}, all chains in one batch")
-    init = None if problem.init_guide is None else problem.init_guide.posterior(x)
+        f"draws) on {len(x)} points, {layout_of(model, x).dim} latent numbers each, all chains in one batch")
+    init = None if problem.init_guide is None else guide_posterior(problem.init_guide, x)
     draws, stats, sampling_seconds = sample_latents(
         model, x, chains=settings.chains, warmup=settings.warmup, samples=settings.samples, init=init,
         seed=config.seed, progress=progress, compile=config.compile_flag(), sampler=settings.sampler,
@@ -127,7 +128,7 @@ def write_nuts_run(config, problem, draws, stats, *, history, sampling_seconds, 
     """posterior.nc, diagnostics.csv, checkpoint.pt and summary.json of a NUTS run of ``problem``."""
     out, settings = Path(config.out), config.mcmc
     model, data, x, split = problem.model, problem.data, problem.x, problem.split
-    idata = inference_data(draws, stats, x)
+    idata = inference_data(draws, stats, x, layout_of(model, x))
     summary_table, figures, warnings = diagnose(idata, settings.chains)
     write_posterior(out, idata, summary_table)
     posterior = MomentMatchedPosterior(model)

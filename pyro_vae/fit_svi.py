@@ -26,6 +26,7 @@ from pyro_vae.cli import UsageError
 from pyro_vae.config import learning_rate
 from pyro_vae.density import plug_in_values
 from pyro_vae.estimators import elbo_terms, log_likelihood
+from pyro_vae.posteriors import guide_posterior
 from pyro_vae.rundir import (FitResult, config_from_checkpoint, default_out, load_states, prepare_out, save_figures,
                              write_config, write_metrics)
 from pyro_vae.train import Interrupted, NonFiniteLoss, make_svi, train_epoch
@@ -149,7 +150,7 @@ def held_out_elbo(session, epoch):
     else:
         return None
     fixed = plug_in_values(model, guide)
-    proposal = lambda xb: guide.posterior(xb, key="test", fixed=fixed)  # noqa: E731
+    proposal = lambda xb: guide_posterior(guide, xb, key="test", fixed=fixed)  # noqa: E731
     return elbo_terms(model, proposal, x, fixed=fixed)[2].mean().item()
 
 
@@ -200,7 +201,8 @@ def finish(session, metrics, seconds, progress, log):
     x = data.test_x[: config.evaluation.max_examples]
     k = config.evaluation.iwae_samples
     fixed = plug_in_values(model, guide)
-    ll = log_likelihood(model, lambda xb: guide.posterior(xb, fixed=fixed), x, k, progress=progress, fixed=fixed)
+    ll = log_likelihood(model, lambda xb: guide_posterior(guide, xb, fixed=fixed), x, k, progress=progress,
+                        fixed=fixed)
     last = metrics[-1]
     summary = {
         "train_elbo": last["train_elbo"],

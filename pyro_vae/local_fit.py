@@ -16,7 +16,7 @@ import pyro.poutine as poutine
 import torch
 
 from pyro_vae.building_blocks import frozen
-from pyro_vae.estimators import log_weights
+from pyro_vae.density import layout_of, unconstrained_terms
 
 INIT_SCALE = 0.1
 
@@ -30,12 +30,19 @@ def fixed_model(model):
         yield
 
 
+def log_weights_u(model, q, x, u, fixed=None):
+    """log p(x, z(u)) + log |det dz/du| - log q(u): the log weights of a q over the flat unconstrained
+    latents u (``density.Layout``; u is z for the built-in models)."""
+    log_lik, log_prior = unconstrained_terms(model, x, u, fixed)
+    return log_lik + log_prior - q.log_prob(u)
+
+
 def elbo_step(model, x, loc, log_scale, optimizer, num_particles=1, fixed=None):
     """One optimiser step on (m, log s) up the per-point ELBO
     E_q[log p(x_i, z_i) - log q(z_i)], estimated with ``num_particles``
     reparameterised draws; returns the per-point estimate (detached)."""
     q = dist.Normal(loc, log_scale.exp()).to_event(1)
-    elbo = log_weights(model, q, x, q.rsample((num_particles,)), fixed).mean(0)
+    elbo = log_weights_u(model, q, x, q.rsample((num_particles,)), fixed).mean(0)
     optimizer.zero_grad()
     (-elbo.sum()).backward()
     optimizer.step()
@@ -59,8 +66,9 @@ def refine(model, x, loc, log_scale, steps, lr, num_particles=1, fixed=None):
 
 def fit_local_posterior(model, x, num_particles=8, lr=0.05, max_steps=3000, window=50, tol=1e-3, init=None,
                         fixed=None):
-    """Fit q(z_i) = N(m_i, diag s_i^2) to each row x_i of ``x`` with the
-    model fixed.
+    """Fit q(u_i) = N(m_i, diag s_i^2) to each row x_i of ``x`` with the
+    model fixed, u the flat unconstrained latents (z for the built-in models;
+    ``posteriors.as_posterior`` turns q into one over the model's sites).
 
     Maximises sum_i ELBO_i = E_q[log p(x_i, z_i) - log q(z_i)] with Adam on
     (m, log s), the expectation estimated with ``num_particles``
@@ -81,8 +89,9 @@ def fit_local_posterior(model, x, num_particles=8, lr=0.05, max_steps=3000, wind
         loc = init.mean.detach().clone()
         log_scale = init.variance.detach().sqrt().log().clone()
     else:
-        loc = torch.zeros(len(x), model.latent_dim, device=x.device)
-        log_scale = torch.full((len(x), model.latent_dim), math.log(INIT_SCALE), device=x.device)
+        dim = layout_of(model, x, fixed).dim
+        loc = torch.zeros(len(x), dim, device=x.device)
+        log_scale = torch.full((len(x), dim), math.log(INIT_SCALE), device=x.device)
     loc.requires_grad_(True)
     log_scale.requires_grad_(True)
     optimizer = torch.optim.Adam([loc, log_scale], lr=lr)

@@ -19,7 +19,7 @@ import torch
 
 from pyro_vae.building_blocks import frozen
 from pyro_vae.config import SAMPLERS
-from pyro_vae.density import log_density_for_sampler, log_joint_terms
+from pyro_vae.density import layout_of, log_density_for_sampler, unconstrained_terms
 from pyro_vae.infer.mcmc import chees, nuts
 from pyro_vae.recording import resolve_compile
 
@@ -78,20 +78,28 @@ def sample_latents(model, x, *, chains=4, warmup=500, samples=500, init=None, se
     - "chees" (``infer.mcmc.chees``): every point its own ``chains`` chains of
       jittered HMC, one step size and trajectory length adapted for all.
 
-    ``init`` is a distribution over z with batch shape (N,) (an encoder's
-    q(z | x), say): each chain starts from its own draw of it, so that chains
-    start apart (R-hat needs that) but near the posterior. Without it chains
-    start uniformly in [-2, 2], as Pyro's default does. ``compile``: True,
+    The chains move the flat unconstrained latents u of each point
+    (``density.Layout``: every continuous latent site through
+    ``biject_to(support)``, discrete ones summed out); for the built-in
+    models u is z. ``init`` is a posterior over the latents with batch shape
+    (N,) (an encoder's q(z | x), say; a dict-valued one for several sites):
+    each chain starts from its own draw of it, so that chains start apart
+    (R-hat needs that) but near the posterior. Without it chains start
+    uniformly in [-2, 2] in u, as Pyro's default does. ``compile``: True,
     False or "auto" (``nuts.sample``); recordings are kept for the
     next call with the same model and shapes (:func:`sampler_target`).
 
-    Returns (draws of shape (chains, samples, N, latent_dim), per-iteration
-    statistics of shape (chains, samples), seconds of wall time).
+    Returns (draws of u, shape (chains, samples, N, dim), per-iteration
+    statistics of shape (chains, samples), seconds of wall time);
+    ``layout_of(model, x).unflatten`` turns draws into the sites' values.
     """
     start = time.perf_counter()
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
-    n_points, dim = len(x), model.latent_dim
+    layout = layout_of(model, x, fixed)
+    n_points, dim = len(x), layout.dim
+    if dim == 0:
+        raise ValueError(f"model {model.name} has no continuous latent to sample (its discrete ones are summed out)")
     block = 1 if sampler == "chees" else (n_points if block_size is None else block_size)
     if not 1 <= block <= n_points or n_points % block:
         raise ValueError(f"block_size must divide the {n_points} points, not {block_size!r}")
@@ -101,7 +109,8 @@ def sample_latents(model, x, *, chains=4, warmup=500, samples=500, init=None, se
         if init is None:
             z0 = torch.rand(shape, device=x.device, dtype=x.dtype) * 4 - 2
         else:
-            z0 = init.sample((chains,)).to(x.dtype)
+            z0 = init.sample((chains,))
+            z0 = (z0 if layout.is_identity() else layout.flatten(z0)).to(x.dtype)
         target = sampler_target(model, x, chains, fixed)
         rows = z0.reshape(-1, block, dim)  # chain-major: the density's rows follow x repeated per chain
         if sampler == "nuts":
@@ -117,20 +126,28 @@ def sample_latents(model, x, *, chains=4, warmup=500, samples=500, init=None, se
     return draws, stats, time.perf_counter() - start
 
 
-def inference_data(draws, stats, x):
-    """ArviZ InferenceData: posterior z (chain, draw, point, latent), the
-    sampler's statistics per (chain, draw) (ArviZ's names) and the observed data."""
+def inference_data(draws, stats, x, layout=None):
+    """ArviZ InferenceData: the posterior, one variable per latent site (chain, draw, point, its
+    dimensions: ``z`` (chain, draw, point, latent) for the built-in models), from the draws of u and
+    the ``layout`` (None: u is the site ``z``), the sampler's statistics per (chain, draw) (ArviZ's
+    names) and the observed data."""
+    if layout is None or layout.is_identity():
+        name = "z" if layout is None else layout.names[0]
+        values, dims = {name: draws}, {name: ["point", "latent"]}
+    else:
+        values = layout.unflatten(draws)[0]
+        dims = {name: ["point", *[f"{name}_dim_{i}" for i in range(value.dim() - 3)]] for name, value in values.items()}
     return az.from_dict(
-        posterior={"z": draws.cpu().numpy()},
+        posterior={name: value.detach().cpu().numpy() for name, value in values.items()},
         sample_stats={name: value.cpu().numpy() for name, value in stats.items()},
         observed_data={"x": x.cpu().numpy()},
-        dims={"z": ["point", "latent"], "x": ["point", "feature"]},
+        dims={**dims, "x": ["point", "feature"]},
     )
 
 
 def diagnose(idata, chains):
     """(az.summary table, figures: divergences, worst R-hat, min bulk/tail ESS, warnings)."""
-    summary = az.summary(idata, var_names=["z"], kind="diagnostics", round_to="none")
+    summary = az.summary(idata, var_names=list(idata.posterior.data_vars), kind="diagnostics", round_to="none")
     divergences = int(idata.sample_stats["diverging"].sum())
     figures = {
         "divergences": divergences,
@@ -162,7 +179,7 @@ def monte_carlo_em(model, x, *, iterations, warmup, samples, m_steps, lr, seed=0
     ``m_steps`` Adam steps on the decoder maximising the mean over draws of
     sum_i log p(x_i | z_i^(s)), read off the model's program.
     ``on_iteration(record)`` is called after each round. Returns the
-    per-iteration history and the last E-step's draws, shape (1, samples, N, latent_dim).
+    per-iteration history and the last E-step's draws of u, shape (1, samples, N, dim).
     Every E-step runs on one recording of the sampler's steps (the new
     weights are read in place); "auto" ``compile`` counts all the rounds.
     """
@@ -176,7 +193,7 @@ def monte_carlo_em(model, x, *, iterations, warmup, samples, m_steps, lr, seed=0
         start = time.perf_counter()
         model.train()
         for _ in range(m_steps):
-            log_lik = log_joint_terms(model, x, z)[0].sum(-1).mean()
+            log_lik = unconstrained_terms(model, x, z)[0].sum(-1).mean()
             optimizer.zero_grad()
             (-log_lik).backward()
             optimizer.step()

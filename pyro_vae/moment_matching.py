@@ -4,12 +4,16 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_vae.density import layout_of
+from pyro_vae.density import layout_of
 from pyro_vae.local_fit import fit_local_posterior
+from pyro_vae.posteriors import as_posterior
+from pyro_vae.posteriors import as_posterior
 
 
 def moment_matched(draws):
     """For each point, the Gaussian with the mean and covariance of its draws
-    (all chains pooled); ``draws`` has shape (chains, samples, N, latent_dim)."""
+    (all chains pooled); ``draws`` has shape (chains, samples, N, dim)."""
     flat = draws.reshape(-1, *draws.shape[2:])  # (chains * samples, N, L)
     mean = flat.mean(0)
     centred = flat - mean
@@ -39,7 +43,7 @@ class MomentMatchedPosterior(nn.Module):
         self.split, self.loc, self.covariance = None, None, None
 
     def set_draws(self, draws, split):
-        """Summarise ``draws`` (chains, samples, N, latent_dim) of the first N rows of ``split``."""
+        """Summarise ``draws`` of u (chains, samples, N, dim) of the first N rows of ``split``."""
         q = moment_matched(draws)
         self.split, self.loc, self.covariance = split, q.mean, q.covariance_matrix
 
@@ -48,10 +52,13 @@ class MomentMatchedPosterior(nn.Module):
         return 0 if self.loc is None else len(self.loc)
 
     def posterior(self, x, idx=None, key=None, fixed=None):
+        """q(z | x) for the sampled points ``idx``, or fitted afresh for new ``x``: a Gaussian in the
+        flat unconstrained latents u, seen through the model's layout (``posteriors.as_posterior``)."""
+        layout = layout_of(self.model[0], x, fixed)
         if idx is None:
-            return fit_local_posterior(self.model[0], x, fixed=fixed)[0]
+            return as_posterior(fit_local_posterior(self.model[0], x, fixed=fixed)[0], layout)
         idx = torch.as_tensor(idx, device=self.loc.device)
-        return dist.MultivariateNormal(self.loc[idx], covariance_matrix=self.covariance[idx])
+        return as_posterior(dist.MultivariateNormal(self.loc[idx], covariance_matrix=self.covariance[idx]), layout)
 
     def get_extra_state(self):
         return {"split": self.split, "loc": self.loc, "covariance": self.covariance}

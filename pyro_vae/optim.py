@@ -28,7 +28,8 @@ class Adam(PyroOptim):
     so their global L2 norm is at most ``clip_norm`` before each step.
     ``fused`` is passed to ``torch.optim.Adam`` (``None``: torch's default).
     ``local_lr`` is the learning rate of sparse (per-datapoint) parameters,
-    which are stepped once per epoch rather than once per step (default: ``lr``).
+    whose rows move only when their data point is in the minibatch, once per
+    epoch for each row (default: ``lr``).
     """
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), clip_norm=None, fused=None, local_lr=None):

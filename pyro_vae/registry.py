@@ -1,8 +1,9 @@
 """Name -> class registries for generative models and variational families.
 
 A new model is one file in ``models/`` that decorates its class with
-``@register_model("name")`` plus one import line in ``models/__init__.py``;
-``--model name`` then picks it on every command. Guides work the same way.
+``@register_model("name")``: ``models/__init__.py`` imports every module of
+its folder, and ``--model name`` then picks it on every command. Guides work
+the same way.
 A user's own module can register too: import it before calling the API
 (or pass ``--import my_module`` on the command line).
 """

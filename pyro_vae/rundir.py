@@ -28,8 +28,9 @@ from pyro_vae.checkpoint import CheckpointError, load_checkpoint
 from pyro_vae.files import write_json, write_text
 from pyro_vae.cli import UsageError
 from pyro_vae.config import FitConfig
-from pyro_vae.density import observation, plug_in_values
+from pyro_vae.density import layout_of, observation, plug_in_values, prior_draws
 from pyro_vae.moment_matching import MomentMatchedPosterior
+from pyro_vae.posteriors import flat_mean, guide_posterior
 
 
 def default_out(config):
@@ -106,14 +107,17 @@ def save_figures(out, model, guide, data, metrics):
     model.eval()
     guide.eval()
     x = data.test_x[:2000]
-    z_mean = guide.posterior(x, fixed=plug_in_values(model, guide)).mean
-    plots.save_latent_scatter(out / "latent.png", z_mean, None if data.test_y is None else data.test_y[:2000])
+    z_mean = guide_posterior(guide, x, fixed=plug_in_values(model, guide)).mean
+    labels = None if data.test_y is None else data.test_y[:2000]
+    plots.save_latent_scatter(out / "latent.png", flat_mean(z_mean), labels)
     if data.image_shape is None:
         return
-    reconstruction = decoder_means(model, guide, x[:32], z_mean[:32])
+    first = {name: value[:32] for name, value in z_mean.items()} if isinstance(z_mean, dict) else z_mean[:32]
+    reconstruction = decoder_means(model, guide, x[:32], first)
     plots.save_reconstructions(out / "reconstructions.png", x[:32], reconstruction, data.image_shape)
     rows = x[torch.arange(64, device=x.device) % len(x)]  # inputs a conditional model reads, beside z
-    z = torch.randn(64, model.latent_dim, device=data.device)
+    layout = layout_of(model, rows)
+    z = torch.randn(64, layout.dim, device=data.device) if layout.is_identity() else prior_draws(model, rows)
     plots.save_image_grid(out / "samples.png", decoder_means(model, guide, rows, z), data.image_shape)
 
 

@@ -22,13 +22,14 @@ import pyro
 import torch
 
 from pyro_vae.assembly import build_model, load_data
-from pyro_vae.density import plug_in_values
+from pyro_vae.density import layout_of, plug_in_values
 from pyro_vae.files import write_json, write_text
 from pyro_vae.distributed import Cluster
 from pyro_vae.estimators import log_likelihood, mean_and_se
 from pyro_vae.local_fit import fit_local_posterior
 from pyro_vae.mcmc import monte_carlo_em
 from pyro_vae.plots import save_curves
+from pyro_vae.posteriors import as_posterior, guide_posterior
 from pyro_vae.fit_svi import setup
 from pyro_vae.train import train_epoch
 
@@ -75,7 +76,7 @@ def svi_curve(config, heldout, passes, every, iwae_samples, log, budget=None):
         model.eval()
         guide.eval()
         fixed = plug_in_values(model, guide)
-        proposal = lambda xb: guide.posterior(xb, fixed=fixed)  # noqa: E731
+        proposal = lambda xb: guide_posterior(guide, xb, fixed=fixed)  # noqa: E731
         ll, se = held_out_score(model, proposal, heldout, iwae_samples, config.seed)
         curve.append({"pass": epoch, "seconds": seconds, "log_likelihood": ll, "log_likelihood_se": se})
         log(f"{config.guide}: pass {epoch}, {seconds:.1f}s, held-out log p(x) {ll:.3f}")
@@ -93,7 +94,8 @@ def mcem_curve(config, data, heldout, settings, every, log):
         clock["seconds"] += record["seconds"]
         if record["iteration"] % every == 0 or record["iteration"] == settings.passes:
             model.eval()
-            ll, se = held_out_score(model, lambda xb: fit_local_posterior(model, xb)[0], heldout,
+            ll, se = held_out_score(model, lambda xb: as_posterior(fit_local_posterior(model, xb)[0],
+                                                                  layout_of(model, xb)), heldout,
                                     settings.iwae_samples, config.seed)
             curve.append({"pass": record["iteration"], "seconds": clock["seconds"], "log_likelihood": ll,
                           "log_likelihood_se": se})
@@ -118,7 +120,7 @@ def fit_from_scratch(config, settings, out, log=print):
         curves[name] = svi_curve(learner, heldout, settings.passes, every, settings.iwae_samples, log, settings.budget)
     notes = []
     if data.num_train <= MCEM_MAX_POINTS:
-        curves["mcem"] = mcem_curve(config, data, heldout, args, every, log)
+        curves["mcem"] = mcem_curve(config, data, heldout, settings, every, log)
     else:
         notes.append(f"mcem skipped: NUTS over all {data.num_train} training points each round is unaffordable "
                      f"here (at most {MCEM_MAX_POINTS}; pass --num-train)")

@@ -34,13 +34,11 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import pyro
-import pyro.poutine as poutine
 import torch
 from tqdm import tqdm
 
 from pyro_vae.building_blocks import frozen, seeded_global_rng
-from pyro_vae.density import LATENT, log_joint_terms, observation
+from pyro_vae.density import layout_of, observation, prior_draws, unconstrained_terms
 from pyro_vae.estimators import mean_and_se
 from pyro_vae.infer.mcmc.adaptation import initial_step_size
 from pyro_vae.infer.mcmc.integrators import HMCState, Leapfrog
@@ -93,21 +91,31 @@ def _unvalidated(distribution):
     return distribution
 
 
-def _target_terms(model, x_rows, fixed, proposal, shape):
-    """z (rows, 1, L) -> (log p0, log ratio, their gradients), rows ordered chain * N + point as ``x_rows``.
-    Kept apart, not summed at one β, so a new β needs no new gradient: grad log p_t = g0 + β g1."""
+def _target_terms(model, x_rows, fixed, proposal, shape, layout):
+    """u (rows, 1, dim) -> (log p0, log ratio, their gradients), rows ordered chain * N + point as
+    ``x_rows``; u the flat unconstrained latents (``density.Layout``; z for the built-in models), so p0
+    and p(x, z) are densities of u. Kept apart, not summed at one β, so a new β needs no new gradient:
+    grad log p_t = g0 + β g1."""
     chains, n_points, dim = shape
-    proposal = None if proposal is None else _unvalidated(proposal)
+    if isinstance(proposal, torch.distributions.Distribution):
+        proposal = _unvalidated(proposal)
+
+    def log_q(flat):
+        u = flat.reshape(chains, n_points, dim)
+        if layout.is_identity():
+            return proposal.log_prob(u).reshape(-1)
+        values, log_det = layout.unflatten(u)
+        return (proposal.log_prob(values) + log_det).reshape(-1)
 
     def terms(z):
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             flat = z.reshape(-1, dim)
-            log_lik, log_prior = log_joint_terms(model, x_rows, flat, fixed)
+            log_lik, log_prior = unconstrained_terms(model, x_rows, flat, fixed)
             if proposal is None:
                 log_p0, log_ratio = log_prior, log_lik
             else:
-                log_p0 = proposal.log_prob(flat.reshape(chains, n_points, dim)).reshape(-1)
+                log_p0 = log_q(flat)
                 log_ratio = log_lik + log_prior - log_p0
             (grad_p0,) = torch.autograd.grad(log_p0.sum(), z, retain_graph=True)
             (grad_ratio,) = torch.autograd.grad(log_ratio.sum(), z)
@@ -203,29 +211,25 @@ def _anneal(trajectory, state, betas, steps, generator, bar):
     return log_w, accept_sum / max(len(betas) - 2, 1), used
 
 
-def _prior_draws(model, x, fixed):
-    """z ~ p(z), one per row of ``x``, from the model's program with its latent left free."""
-    with pyro.validation_enabled(False):
-        return poutine.trace(poutine.condition(model, data=dict(fixed or {}))).get_trace(x).nodes[LATENT]["value"]
-
-
 def _run_batch(model, x, betas, options, fixed, generator, bar, exact_z=None, steps=None):
-    """AIS on one batch of points, from ``exact_z`` (N, L) in every chain if given (reverse AIS), else from
-    p0. With ``steps`` (T - 1, N) the step sizes are followed, else adapted on a pilot chain. Returns log
-    weights (chains, N), acceptance (N,) and step sizes (T - 1, N)."""
+    """AIS on one batch of points, from ``exact_z`` (N, dim) in every chain if given (reverse AIS), else
+    from p0. With ``steps`` (T - 1, N) the step sizes are followed, else adapted on a pilot chain. Returns
+    log weights (chains, N), acceptance (N,) and step sizes (T - 1, N)."""
     chains, start = options.chains, options.start
-    n_points, dim = len(x), model.latent_dim
+    layout = layout_of(model, x, fixed)
+    n_points, dim = len(x), layout.dim
     copies = chains + (steps is None)  # the pilot is the last copy
     x_rows = x.repeat(copies, *[1] * (x.dim() - 1))
     proposal = None if start == "prior" else start(x)
     if exact_z is not None:
         z = exact_z.repeat(copies, 1)
     elif proposal is None:
-        z = _prior_draws(model, x_rows, fixed)
+        z = layout.flatten(prior_draws(model, x_rows, fixed))
     else:
         z = proposal.sample((copies,))
+        z = z if layout.is_identity() else layout.flatten(z)
     z = z.to(x.dtype).reshape(-1, 1, dim)  # a row per (chain, point): the "chains" of the mcmc helpers
-    terms = _target_terms(model, x_rows, fixed, proposal, (copies, n_points, dim))
+    terms = _target_terms(model, x_rows, fixed, proposal, (copies, n_points, dim), layout)
     state = _State(z, *terms(z))
     if not torch.isfinite(state.log_p0 + state.log_ratio).all():
         raise ValueError("log p(x, z) or log p0(z) is not finite where AIS starts")
@@ -304,14 +308,16 @@ def ais_log_likelihood(model, x, options=AISOptions(), *, fixed=None, seed=0, pr
 
 
 def simulate(model, num_points, *, fixed=None, seed=0):
-    """(x, z) ~ p(z) p(x | z), ``num_points`` rows, from the model's program: z from its latent site, x
-    from ``density.observation``. ValueError if the model's p(x | z) cannot be sampled."""
+    """(x, u) ~ p(z) p(x | z), ``num_points`` rows, from the model's program: z from its latent sites (u
+    their flat unconstrained values), x from ``density.observation``. ValueError if the model's
+    p(x | z) cannot be sampled."""
     device = next(model.parameters(), torch.empty(0)).device
     x_dummy = torch.zeros(num_points, model.data_dim, device=device)
     with frozen(model), torch.no_grad(), seeded_global_rng(seed, device):
-        z = _prior_draws(model, x_dummy, fixed)
+        values = prior_draws(model, x_dummy, fixed)
+        z = layout_of(model, x_dummy, fixed).flatten(values)
         try:
-            x = observation(model, x_dummy, z, fixed).sample()
+            x = observation(model, x_dummy, values, fixed).sample()
         except NotImplementedError as error:
             raise ValueError(f"model {model.name} cannot simulate data (its p(x | z) has no sample()), "
                              f"which BDMC needs") from error

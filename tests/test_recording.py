@@ -1,0 +1,103 @@
+"""The one recorder (pyro_vae.recording) and the Pyro internals compiled SVI relies on."""
+
+import inspect
+import warnings
+
+import pyro.infer.trace_elbo as trace_elbo
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from pyro_vae import recording
+from pyro_vae.compiled_svi import PATCHED, loss_stays_on_device
+from pyro_vae.registry import get_guide, get_model
+
+
+def affine(a, b):
+    return (a + 2 * b, (a * b).sum())
+
+
+def test_a_recording_computes_the_function_and_follows_captured_tensors():
+    weight = torch.ones(3)
+    recorded = recording.record(lambda a: (a * weight,), (torch.ones(3),), name="test")
+    assert isinstance(recorded, torch.fx.GraphModule)
+    weight.mul_(3)  # in place, as an optimizer moves a parameter: the recording reads it by reference
+    assert torch.equal(recorded(torch.full((3,), 2.0))[0], torch.full((3,), 6.0))
+
+
+def test_a_recording_that_disagrees_falls_back_to_the_python_with_a_warning():
+    calls = []
+
+    def counted(a):  # the recording keeps the Python number of its first call as a constant
+        calls.append(1)
+        return (a * len(calls),)
+
+    with pytest.warns(UserWarning, match="test runs the Python at every step.*disagrees with the Python"):
+        chosen = recording.record(counted, (torch.ones(2),), name="test", check=(torch.ones(2),))
+    assert chosen is counted
+
+
+def test_a_program_that_cannot_be_recorded_falls_back_with_its_reason():
+    def branchy(a):  # a branch on a value: make_fx refuses it
+        return (a * 2,) if a.sum() > 0 else (a * -1,)
+
+    with pytest.warns(UserWarning, match="test runs the Python at every step.*could not be recorded"):
+        assert recording.record(branchy, (torch.ones(2),), name="test", check=(-torch.ones(2),)) is branchy
+
+
+def test_compiled_matches_and_a_torch_without_standalone_compile_uses_torch_compile(monkeypatch):
+    example = (torch.randn(4), torch.randn(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither path may fall back
+        direct = recording.record(affine, example, name="test", compile=True, check=example)
+        monkeypatch.delattr(torch._inductor, "standalone_compile")
+        public = recording.record(affine, example, name="test", compile=True, check=example)
+    for compiled in (direct, public):
+        assert not isinstance(compiled, torch.fx.GraphModule)
+        assert recording.outputs_agree(compiled(*example), affine(*example))
+
+
+def test_a_failed_compilation_keeps_the_recording(monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(torch._inductor, "standalone_compile", no_compiler)
+    with pytest.warns(UserWarning, match=r"test runs uncompiled: compiling failed \(no C\+\+ compiler here\)"):
+        graph = recording.record(affine, (torch.ones(2), torch.ones(2)), name="test", compile=True)
+    assert isinstance(graph, torch.fx.GraphModule)
+
+
+def test_auto_compiles_from_the_measured_break_even():
+    assert recording.resolve_compile("auto", recording.AUTO_COMPILE_ITERATIONS)
+    assert not recording.resolve_compile("auto", recording.AUTO_COMPILE_ITERATIONS - 1)
+    assert recording.resolve_compile(True, 1) and not recording.resolve_compile(False, 10**6)
+
+
+def test_the_pyro_names_compiled_svi_patches_exist_and_trace_elbo_uses_them():
+    """pyro-ppl is pinned below 1.10 for this: if a release renames or stops calling either name,
+    the patch would silently do nothing (and every compiled step would fall back)."""
+    source = inspect.getsource(Trace_ELBO)
+    for name in PATCHED:
+        assert callable(getattr(trace_elbo, name)), name
+        assert f"{name}(" in source, name
+
+
+def test_under_the_patch_a_recorded_loss_follows_its_inputs():
+    """Unpatched, Trace_ELBO's loss is a Python float and a recording would keep it as a constant."""
+    model = get_model("bernoulli_mlp")(data_dim=6, latent_dim=2, hidden_dims=(4,))
+    guide = get_guide("amortized")(model, 10, (4,))
+    elbo = Trace_ELBO()
+
+    def loss(x):
+        return (elbo.differentiable_loss(model, guide, x),)
+
+    with loss_stays_on_device():
+        graph = make_fx(loss)(torch.zeros(10, 6))
+    torch.manual_seed(0)
+    recorded = graph(torch.ones(10, 6))[0]
+    torch.manual_seed(0)
+    expected = loss(torch.ones(10, 6))[0]
+    assert torch.allclose(recorded, expected)
+    torch.manual_seed(0)
+    assert not torch.allclose(graph(torch.zeros(10, 6))[0], recorded)
