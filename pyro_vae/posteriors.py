@@ -66,8 +66,6 @@ class ProgramPosterior:
         n = len(self.x)
         return {name: site["value"].reshape(*shape, n, *site["value"].shape[1:]) for name, site in sites.items()}
 
-    rsample = sample
-
     def log_prob(self, values):
         """log q(z | x) per (*batch, N) at ``values`` (a dict, or the one site's tensor)."""
         if self.event_ranks is None:

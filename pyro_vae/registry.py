@@ -40,16 +40,19 @@ def _load_builtins():
 
 
 def model_names():
+    """The registered model names, sorted (built-ins and any a user module registered)."""
     _load_builtins()
     return sorted(MODELS)
 
 
 def guide_names():
+    """The registered guide names, sorted."""
     _load_builtins()
     return sorted(GUIDES)
 
 
 def get_model(name):
+    """The model class registered as ``name``; KeyError naming the choices otherwise."""
     _load_builtins()
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
@@ -57,6 +60,7 @@ def get_model(name):
 
 
 def get_guide(name):
+    """The guide class registered as ``name``; KeyError naming the choices otherwise."""
     _load_builtins()
     if name not in GUIDES:
         raise KeyError(f"unknown guide {name!r}; choose from {', '.join(sorted(GUIDES))}")

@@ -16,7 +16,9 @@ class HMCState(NamedTuple):
 
 
 def init(z, log_density):
-    """The :class:`HMCState` of chains at ``z`` (chains, N, L)."""
+    """The :class:`HMCState` of chains at ``z`` (chains, N, L): ``log_density(z)`` returns
+    (log p(z) per chain, shape (chains,), and its gradient, shape of z). ValueError where
+    log p(z) is not finite."""
     z = z.detach()
     log_p, grad = log_density(z)
     if not torch.isfinite(log_p).all():

@@ -69,12 +69,17 @@ def build_kernel(log_density, state, seed=0, max_tree_depth=10, compile=False, r
 
 
 def step(kernel, state, step_size, metric):
-    """One multinomial NUTS transition of every chain: the tree doubles, in a
-    random direction each time, until it stops or reaches the depth cap.
-    Each doubling grows a subtree of 2^depth leaves one leapfrog step at a
-    time and stops it early once every chain's subtree has diverged or
-    turned, as recursive NUTS does. Returns the new ``HMCState`` and
-    the :class:`NUTSInfo`."""
+    """One multinomial NUTS transition of every chain, leaving p(z) invariant.
+
+    Inputs: the :class:`Kernel`, the ``HMCState`` (z (chains, N, L)), the step
+    size per chain (chains,) and the ``metrics.Metric`` (inverse mass blocks
+    C). Momenta r ~ N(0, C^-1); H(z, r) = -log p(z) + r^T C r / 2. The tree
+    doubles, in a random direction each time, until the generalised U-turn
+    criterion or the depth cap; each doubling grows a subtree of 2^depth
+    leaves one leapfrog step at a time and stops it early once every chain's
+    subtree has diverged or turned, as recursive NUTS does; the draw is picked
+    among the leaves in proportion to exp(-H). Returns the new ``HMCState``
+    and the :class:`NUTSInfo`."""
     z, log_p, grad = state
     chains, slots = z.shape[0], kernel.max_tree_depth
     options = {"device": z.device, "dtype": z.dtype}
