@@ -9,6 +9,7 @@ from pyro_vae.cli import UsageError, doing, import_user_modules
 from pyro_vae.data import load_dataset
 from pyro_vae.density import latent_layout, observation, prior_draws
 from pyro_vae.guides.decoder_posterior import DecoderPosterior, WithDecoderPosterior
+from pyro_vae.objectives import guide_problem
 from pyro_vae.registry import get_guide, get_model
 
 
@@ -71,6 +72,8 @@ def build(config, data):
     if config.local_steps is not None and not hasattr(guide_cls, "local_steps"):
         raise UsageError(f"--local-steps: guide {guide_cls.name} has no local parameters to refine "
                          f"(meanfield and semi_amortized have)")
+    if guide_problem(config.elbo, guide_cls, config.bayesian_decoder):
+        raise UsageError(guide_problem(config.elbo, guide_cls, config.bayesian_decoder))
     with doing(f"building guide {guide_cls.name} for {data.num_train} training points"), \
             hidden_activation(config.activation):
         guide = guide_cls(model, data.num_train, config.hidden_dims).to(data.device)

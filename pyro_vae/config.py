@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pyro_vae.building_blocks import ACTIVATIONS
 from pyro_vae.cli import UsageError
 from pyro_vae.data import BINARIZE_MODES
-from pyro_vae.objectives import ELBOS
+from pyro_vae.objectives import ELBOS, objective_problem
 
 INFERENCE = ("svi", "nuts")
 NUTS_MODES = ("fixed-decoder", "mcem")
@@ -83,7 +83,13 @@ class EvaluationSettings:
 
 @dataclass
 class FitConfig:
-    """Every setting of a run."""
+    """Every setting of a run: what ``fit(FitConfig(...))`` and ``python -m pyro_vae.fit`` take.
+
+    Fields are the flags of that command (``latent_dim`` is ``--latent-dim``; see its
+    ``--help`` for each one's meaning and default); ``mcmc`` (:class:`MCMCSettings`) and
+    ``evaluation`` (:class:`EvaluationSettings`) group the ``--inference nuts`` and
+    ``summary.json`` settings. :meth:`validate` raises ``UsageError`` for values no run can
+    use; :meth:`as_dict` / :meth:`from_dict` round-trip ``config.json``."""
 
     inference: str = "svi"
     model: str | None = None
@@ -106,6 +112,8 @@ class FitConfig:
     local_lr: float = 0.1
     local_steps: int | None = None
     elbo: str = "trace"
+    particles: int = 1
+    baseline: str = "none"
     clip_norm: float | None = None
     bayesian_decoder: bool = False
     seed: int = 0
@@ -141,6 +149,8 @@ class FitConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        if self.elbo in ELBOS and objective_problem(self.elbo, self.particles, self.baseline):
+            raise UsageError(objective_problem(self.elbo, self.particles, self.baseline))
         self.mcmc.validate()
 
     def compile_flag(self):

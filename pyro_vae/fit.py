@@ -31,6 +31,7 @@ from pyro_vae.data import BINARIZE_MODES, DATASETS, DataError
 from pyro_vae.fit_nuts import fit_nuts
 from pyro_vae.fit_svi import fit_svi, resume_svi
 from pyro_vae.objectives import ELBOS
+from pyro_vae.score_function import BASELINES
 from pyro_vae.registry import guide_names, model_names
 from pyro_vae.rundir import FitResult, load_run  # noqa: F401 (the Python API: pyro_vae.fit.load_run, FitResult)
 from pyro_vae.train import Interrupted, NonFiniteLoss
@@ -39,8 +40,20 @@ DEPRECATED_GUIDES = {"nuts": "nuts"}  # --guide NAME that was an inference metho
 
 
 def fit(config, progress=True, log=print, should_stop=None):
-    """Fit ``config.model`` by ``config.inference``: SVI with ``config.guide``
-    (``pyro_vae.fit_svi``) or NUTS (``pyro_vae.fit_nuts``). Returns a ``FitResult``."""
+    """Fit ``config.model`` by ``config.inference`` and write the run directory ``config.out``.
+
+    Inputs: ``config``, a :class:`FitConfig` (validated here: a bad value raises
+    ``UsageError``); ``progress`` (tqdm bars), ``log`` (a print-like callable for
+    the run's lines), ``should_stop`` (polled after every SVI step: a signal
+    handler's flag).
+
+    SVI (``pyro_vae.fit_svi``) maximises the ELBO
+    L(theta, phi) = sum_i E_q(z_i | x_i)[log p_theta(x_i, z_i) - log q_phi(z_i | x_i)]
+    of ``config.guide`` by minibatch steps on the full-data scale; NUTS
+    (``pyro_vae.fit_nuts``) draws z_1..z_N | x_1..x_N under a fixed decoder (or
+    Monte Carlo EM). Returns a ``FitResult``: model, guide (or the MCMC run's
+    moment-matched posterior), data, config, per-epoch metrics, the summary and
+    the run directory."""
     if config.guide in DEPRECATED_GUIDES:
         log(f"note: --guide {config.guide} is deprecated; use --inference {DEPRECATED_GUIDES[config.guide]}")
         config.inference, config.guide = DEPRECATED_GUIDES[config.guide], FitConfig.guide
@@ -53,6 +66,21 @@ def fit(config, progress=True, log=print, should_stop=None):
 def resume(run_dir, epochs=None, progress=True, log=print, should_stop=None):
     """Continue the SVI run in ``run_dir`` (see ``pyro_vae.fit_svi.resume_svi``)."""
     return resume_svi(run_dir, epochs, progress, log, should_stop)
+
+
+def add_objective_arguments(p, d):
+    """--elbo and the settings of its objectives (``pyro_vae.objectives``)."""
+    p.add_argument("--elbo", choices=sorted(ELBOS), default=d.elbo,
+                   help="trace: Trace_ELBO (Monte Carlo); meanfield: TraceMeanField_ELBO (analytic KL); enum: "
+                        "TraceEnum_ELBO; score-function: the ELBO by the score function (--baseline); iwae: the "
+                        "importance-weighted bound with --particles K per point; iwae-dreg: the same, the guide's "
+                        "gradient doubly reparameterised; rws: reweighted wake-sleep; wake-sleep: wake and sleep "
+                        "phases (default %(default)s)")
+    p.add_argument("--particles", type=positive_int, default=d.particles, metavar="K",
+                   help="importance samples per data point of --elbo iwae, iwae-dreg and rws (default %(default)s)")
+    p.add_argument("--baseline", choices=BASELINES, default=d.baseline,
+                   help="--elbo score-function's baseline: none, average (a decaying average of the per-point "
+                        "ELBO) or learned (that average plus an MLP of x) (default %(default)s)")
 
 
 def parser():
@@ -87,8 +115,7 @@ def parser():
     p.add_argument("--local-steps", type=positive_int, metavar="K",
                    help="Adam steps on each minibatch's local posteriors, decoder fixed, before each SVI step "
                         "(meanfield), or on the encoder's q (semi_amortized) (default: the guide's)")
-    p.add_argument("--elbo", choices=sorted(ELBOS), default=d.elbo,
-                   help="trace: Trace_ELBO (Monte Carlo); meanfield: TraceMeanField_ELBO (analytic KL) (default %(default)s)")
+    add_objective_arguments(p, d)
     p.add_argument("--bayesian-decoder", action="store_true",
                    help="N(0, I) priors on the decoder weights and a mean-field Gaussian q(theta) over them "
                         "(full VB); evaluation uses the decoder at E_q[theta], figures average 16 draws")
