@@ -74,6 +74,9 @@ class Layout(NamedTuple):
     def unflatten(self, u):
         """Constrained values {site: (*batch, N, *shape)} of the flat unconstrained ``u`` (*batch, N,
         dim), and log |det d values / d u| per (*batch, N)."""
+        if u.shape[-1] != self.dim:
+            raise ValueError(f"the latents {', '.join(self.names)} take {self.dim} unconstrained numbers per point, "
+                             f"not {u.shape[-1]}")
         values, log_det = {}, None
         for site in self.continuous:
             part = u[..., site.offset: site.offset + site.size].reshape(*u.shape[:-1], *site.unconstrained_shape)
@@ -195,13 +198,17 @@ def trace_program(model, x, values, fixed=None, enumerate_discrete=True):
         return poutine.trace(program).get_trace(x_all), batch
 
 
-def _site_log_prob(site):
+def site_log_prob(site):
+    """The site's log density at its value, masked (``poutine.mask``, ``obs_mask``: 0 where the mask is
+    False) and scaled as Pyro's ELBOs count it."""
     log_prob = site["fn"].log_prob(site["value"])
+    if site["mask"] is not None:
+        log_prob = torch.where(site["mask"], log_prob, torch.zeros_like(log_prob))
     scale = site["scale"]
     return log_prob if isinstance(scale, float) and scale == 1.0 else log_prob * scale
 
 
-def _sum_out(terms):
+def sum_out(terms):
     """The sum of ``terms``, broadcast over the enumeration dimensions left of the data plate, with
     those dimensions summed out in probability: shape (rows,)."""
     total = None
@@ -222,17 +229,17 @@ def log_joint_terms(model, x, z, fixed=None):
     latents = {*layout.names, *layout.discrete}  # conditioned, they read as observed in the trace
     latent, observed = [], []
     for name, site in _per_point_sites(trace):
-        (latent if name in latents else observed).append(_site_log_prob(site))
+        (latent if name in latents else observed).append(site_log_prob(site))
     if not observed:
         raise ValueError(f"model {getattr(model, 'name', model)} has no observed site in its data plate")
     if not latent:
         log_prior = torch.zeros_like(observed[0])
     else:
-        log_prior = _sum_out(latent)
+        log_prior = sum_out(latent)
     if layout.discrete:
-        log_lik = _sum_out(latent + observed) - log_prior
+        log_lik = sum_out(latent + observed) - log_prior
     else:
-        log_lik = _sum_out(observed)
+        log_lik = sum_out(observed)
     return log_lik.reshape(*batch, len(x)), log_prior.reshape(*batch, len(x))
 
 
@@ -255,13 +262,14 @@ def unconstrained_terms(model, x, u, fixed=None):
 
 def observation(model, x, z, fixed=None):
     """p(x | z) as the program builds it for rows ``x`` (which may carry inputs the model conditions
-    on, such as a label): the distribution of the first observed site of the data plate, batch shape
-    flat, its discrete latents drawn from their conditional prior rather than summed out."""
+    on, such as a label): the distribution of the observed site ``"x"`` of the data plate (else of its
+    first observed site), batch shape flat, its discrete latents drawn from their conditional prior
+    rather than summed out."""
     trace, _ = trace_program(model, x, z, fixed, enumerate_discrete=False)
     latents = set(layout_of(model, x, fixed).names)
-    for name, site in _per_point_sites(trace):
-        if site["is_observed"] and name not in latents:
-            return site["fn"]
+    observed = [(name, site) for name, site in _per_point_sites(trace) if site["is_observed"] and name not in latents]
+    for name, site in sorted(observed, key=lambda item: item[0] != "x"):  # the site named "x" first
+        return site["fn"]
     raise ValueError(f"model {getattr(model, 'name', model)} has no observed site in its data plate")
 
 

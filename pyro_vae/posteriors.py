@@ -22,7 +22,9 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from pyro_vae.density import DATA_PLATE
+from pyro.infer import config_enumerate
+
+from pyro_vae.density import DATA_PLATE, site_log_prob, sum_out
 
 MEAN_DRAWS = 64  # draws behind the mean of a posterior that has no closed-form one
 
@@ -51,8 +53,10 @@ class ProgramPosterior:
         self.guide, self.x, self.fixed = guide, x, dict(fixed or {})
         self.event_ranks = None
 
-    def _trace(self, rows, values=None):
+    def _trace(self, rows, values=None, enumerate_discrete=False):
         program = poutine.condition(self.guide, data={**self.fixed, **(values or {})})
+        if enumerate_discrete:
+            program = poutine.enum(config_enumerate(program, default="parallel"), first_available_dim=-2)
         with pyro.validation_enabled(False):
             return poutine.trace(program).get_trace(rows)
 
@@ -60,14 +64,19 @@ class ProgramPosterior:
         return self.x.repeat(repeats, *[1] * (self.x.dim() - 1)) if repeats > 1 else self.x
 
     def sample(self, sample_shape=()):
+        """Draws of the guide's continuous sites, (*sample_shape, N, *event) each: its discrete sites are
+        drawn too and dropped, so the draws are from the marginal q(z | x) = sum_y q(y | x) q(z | x, y)."""
         shape = torch.Size(sample_shape)
         with torch.no_grad():
             sites = _per_point(self._trace(self._rows(math.prod(shape))))
         n = len(self.x)
-        return {name: site["value"].reshape(*shape, n, *site["value"].shape[1:]) for name, site in sites.items()}
+        return {name: site["value"].reshape(*shape, n, *site["value"].shape[1:]) for name, site in sites.items()
+                if not site["fn"].support.is_discrete}
 
     def log_prob(self, values):
-        """log q(z | x) per (*batch, N) at ``values`` (a dict, or the one site's tensor)."""
+        """log q(z | x) per (*batch, N) at ``values`` (a dict of the continuous sites): the guide's
+        discrete sites, if any, summed out in parallel (``poutine.enum``), as the model's are by
+        ``density``, so that log p(x, z) - log q(z | x) is a proper importance weight."""
         if self.event_ranks is None:
             with torch.no_grad():
                 self.event_ranks = {name: len(site["fn"].event_shape) for name, site in
@@ -75,11 +84,12 @@ class ProgramPosterior:
         name, first = next(iter(values.items()))
         batch = first.shape[: first.dim() - 1 - self.event_ranks[name]]
         flat = {name: value.reshape(-1, *value.shape[len(batch) + 1:]) for name, value in values.items()}
-        sites = _per_point(self._trace(self._rows(math.prod(batch)), flat))
-        missing = set(sites) - set(values)
+        sites = _per_point(self._trace(self._rows(math.prod(batch)), flat, enumerate_discrete=True))
+        discrete = {name for name, site in sites.items() if site["fn"].support.is_discrete}
+        missing = set(sites) - set(values) - discrete
         if missing:
             raise ValueError(f"the guide samples {', '.join(sorted(missing))}, which the model does not have")
-        total = sum(site["fn"].log_prob(site["value"]) for site in sites.values())
+        total = sum_out([site_log_prob(site) for site in sites.values()])
         return total.reshape(*batch, len(self.x))
 
     @property

@@ -11,6 +11,7 @@ import textwrap
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import pytest
 import torch
 
@@ -22,7 +23,7 @@ from pyro_vae.mcmc import inference_data, sample_latents
 from pyro_vae.models import LatentVariableModel
 from pyro_vae.models.linear_gaussian import LinearGaussian
 from pyro_vae.posteriors import FlatPosterior, ProgramPosterior
-from pyro_vae.registry import register_model
+from pyro_vae.registry import register_guide, register_model
 
 
 @register_model("split_linear_gaussian_test")
@@ -234,6 +235,7 @@ def test_the_program_posterior_scores_every_site_of_the_guide():
 USER_MODULE = '''
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -346,3 +348,55 @@ def test_the_two_layer_model_trains_and_its_bounds_order(tmp_path):
     ais = ais_log_likelihood(run.model, x, AISOptions(steps=100, chains=4))
     iwae = log_likelihood(run.model, lambda xb: ProgramPosterior(run.guide, xb), x, 100)
     assert ais.mean >= iwae.mean().item() - 3 * ais.se
+
+
+def test_a_masked_site_counts_only_where_its_mask_is_true():
+    """poutine.mask (as Pyro's ELBOs honour it): masked rows add nothing to log p(x, z)."""
+    labelled = torch.tensor([True, False, True])
+
+    class Masked(LatentVariableModel):
+        name = "masked_test"
+
+        def forward(self, x, idx=None, num_data=None):
+            with data_plate(x, idx, num_data):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), 1), 1.0).to_event(1))
+                with poutine.mask(mask=labelled):
+                    pyro.sample("label", dist.Normal(z, 1.0).to_event(1), obs=x[:, 1:])
+                pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x[:, :1])
+
+    x, z = torch.randn(3, 2), torch.randn(3, 1)
+    log_lik, _ = log_joint_terms(Masked(2, 1), x, z)
+    expected = dist.Normal(z, 1.0).log_prob(x[:, :1])[:, 0] + labelled * dist.Normal(z, 1.0).log_prob(x[:, 1:])[:, 0]
+    assert torch.allclose(log_lik, expected, atol=1e-5)
+
+
+@register_guide("mixture_guide_test")
+class MixtureGuide(torch.nn.Module):
+    """q(y | x) q(z | x, y): a discrete site in the guide, and no ``posterior`` method."""
+
+    def __init__(self, model=None, num_data=None, hidden_dims=()):
+        super().__init__()
+        self.logits, self.loc = torch.tensor([0.2, -0.4]), torch.tensor([-1.5, 1.0])
+
+    def forward(self, x, idx=None, num_data=None):
+        with data_plate(x, idx, num_data):
+            y = pyro.sample("y", dist.Categorical(logits=self.logits.expand(len(x), 2)))
+            pyro.sample("z", dist.Normal(self.loc[y].unsqueeze(-1) + 0.5 * x, 0.7).to_event(1))
+
+
+def test_a_guide_with_a_discrete_site_proposes_its_marginal():
+    """The guide's y is summed out of log q(z | x), as the model's is of log p(x, z): the importance
+    weights are proper and IWAE converges to the exact log p(x)."""
+    model, guide = MixturePrior(), MixtureGuide()
+    x = torch.tensor([[-2.0], [0.3], [1.7]])
+    q = ProgramPosterior(guide, x)
+    values = q.sample((5,))
+    assert set(values) == {"z"} and values["z"].shape == (5, 3, 1)
+    z = values["z"]
+    weights = torch.softmax(guide.logits, -1)
+    by_hand = torch.stack([weights[k].log() + dist.Normal(guide.loc[k] + 0.5 * x, 0.7).log_prob(z)[..., 0]
+                           for k in range(2)]).logsumexp(0)
+    assert torch.allclose(q.log_prob(values), by_hand, atol=1e-5)
+    exact, _, _ = model.exact(x)
+    estimate = log_likelihood(model, lambda xb: ProgramPosterior(guide, xb), x, 20000)
+    assert torch.allclose(estimate, exact, atol=0.02), (estimate, exact)
