@@ -6,10 +6,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from quadrature import posterior_on_grid
 from pyro_vae.infer import ais
 from pyro_vae.infer.ais import AISOptions
-from pyro_vae.building_blocks import frozen
-from pyro_vae.estimators import log_likelihood
 from pyro_vae.models.linear_gaussian import LinearGaussian
 from pyro_vae.registry import get_model
 
@@ -52,6 +51,7 @@ def test_exact_posterior_start_gives_exact_weights(pca):
     assert result.log_weights.shape == (3, len(x))
     assert torch.allclose(result.log_weights.float(), exact.expand(3, -1), atol=1e-3)
     assert torch.allclose(result.log_likelihood.float(), exact, atol=1e-3)
+    assert torch.allclose(result.ess, torch.full_like(result.ess, 3.0), atol=1e-4)  # equal weights: ESS = K
 
 
 def se_of_mean(values):
@@ -59,16 +59,28 @@ def se_of_mean(values):
 
 
 def test_ais_from_the_prior_matches_the_exact_marginal(pca):
+    """Measured over 12 seeds (40 points, 16 chains x 500 steps): the mean error over points -0.017 to
+    0.011 (sd 0.009; its standard error from the points' spread, 0.011), per point a spread of 0.07
+    and at most 0.22 nats; ESS at least 13.0 of 16, 14.8 on average. The tolerances are 3-4 standard
+    errors."""
     model, x, exact = pca
     result = ais.ais_log_likelihood(model, x, AISOptions(steps=500, chains=16))
     assert result.log_likelihood.shape == (len(x),) and result.log_weights.shape == (16, len(x))
-    assert abs(result.mean - float(exact.mean())) < 0.05
     error = result.log_likelihood - exact
+    assert abs(result.mean - float(exact.mean())) < 0.035
+    assert float(error.abs().max()) < 0.3
     assert float(error.mean()) < 3 * se_of_mean(error)  # a stochastic lower bound, up to its noise
     assert result.se == pytest.approx(se_of_mean(result.log_likelihood), rel=1e-6)
     assert 0.5 < float(result.acceptance.mean()) < 0.95
     assert result.step_sizes.shape == (499, len(x))
-    assert ((result.ess >= 1) & (result.ess <= 16)).all() and result.seconds > 0
+    log_w = result.log_weights
+    assert torch.allclose(result.ess, (2 * log_w.logsumexp(0) - (2 * log_w).logsumexp(0)).exp())  # (sum w)^2 / sum w^2
+    # annealed weights are nearly equal (measured mean 14.8, least 13.0 of 16) ...
+    assert float(result.ess.mean()) > 0.85 * 16 and float(result.ess.min()) > 0.7 * 16
+    # ... where importance sampling from the prior (one step: no transition) leaves a few heavy ones (2.1)
+    one_step = ais.ais_log_likelihood(model, x, AISOptions(steps=1, chains=16))
+    assert float(one_step.ess.mean()) < 0.25 * 16
+    assert result.seconds > 0
 
 
 def test_bdmc_brackets_the_exact_marginal():
@@ -117,8 +129,11 @@ def test_bdmc_needs_a_model_that_simulates():
         ais.bdmc(CannotSimulate(10, 2), 5, AISOptions(steps=3, chains=2))
 
 
-def test_ais_agrees_with_brute_force_importance_sampling_on_bernoulli_mlp():
-    """2-D latent: importance sampling from the prior with K = 20000 is close to exact."""
+def test_ais_agrees_with_quadrature_on_bernoulli_mlp():
+    """2-D latent: log p(x) by quadrature on a grid is exact to 1e-5 here. Measured over 4 seeds
+    (30 points, 8 chains x 500 steps): the mean error -0.012 to 0.005 (its standard error 0.009),
+    per point a spread of 0.04-0.05 and at most 0.12 nats (0.16 against importance sampling with
+    K = 20000)."""
     torch.manual_seed(0)
     model = get_model("bernoulli_mlp")(data_dim=20, latent_dim=2, hidden_dims=(16,))
     with torch.no_grad():
@@ -126,8 +141,8 @@ def test_ais_agrees_with_brute_force_importance_sampling_on_bernoulli_mlp():
             p.mul_(3)  # a sharper decoder: a posterior well inside the prior
     model.requires_grad_(False)
     x, _ = ais.simulate(model, 30, seed=1)
-    with frozen(model), torch.no_grad():
-        brute = log_likelihood(model, model.prior, x, num_samples=20000)
+    exact = posterior_on_grid(model, x, points=201).log_marginal
     result = ais.ais_log_likelihood(model, x, AISOptions(steps=500, chains=8))
-    assert abs(result.mean - float(brute.mean())) < 0.05
-    assert (result.log_likelihood - brute).abs().max() < 0.3
+    error = result.log_likelihood.double() - exact
+    assert abs(float(error.mean())) < 0.03
+    assert float(error.abs().max()) < 0.2

@@ -1,6 +1,7 @@
 """Evaluation against the linear-Gaussian model, whose log p(x) and p(z | x) are exact."""
 
 import json
+import math
 
 import pyro.distributions as dist
 import pytest
@@ -49,14 +50,43 @@ def test_importance_weighted_estimate_converges_to_exact(trained):
     assert abs(encoder_ll - exact) < 0.05
 
 
+class Replay(dist.Independent):
+    """A diagonal Gaussian q whose draws are the next rows of a fixed ``pool``, each request
+    recorded: estimates with different chunkings then see the very same particles."""
+
+    def __init__(self, base, pool, requests):
+        super().__init__(base, 1)
+        self.pool, self.requests = pool, requests
+
+    def sample(self, sample_shape=torch.Size()):
+        (count,) = sample_shape
+        used = sum(self.requests)
+        self.requests.append(count)
+        assert used + count <= len(self.pool)
+        return self.pool[used: used + count]
+
+
 def test_chunking_does_not_change_the_estimate(trained, monkeypatch):
+    """Drawn in one chunk or in chunks of 7 particles (the last of 1), the same 400 particles give
+    log (1/K) sum_k w_k to float rounding: every particle drawn once, none dropped, none added."""
     model, x = trained.model, trained.data.test_x[:50]
-    proposal = lambda xb: diagonal(model.exact_posterior(xb), scale=1.5)  # noqa: E731
-    whole = log_likelihood(model, proposal, x, num_samples=400)
-    monkeypatch.setattr(estimators_module, "CHUNK_ELEMENTS", 50 * 10 * 7)  # 7 particles a chunk
-    chunked = log_likelihood(model, proposal, x, num_samples=400)
-    assert abs(whole.mean() - chunked.mean()) < 0.02
-    assert (whole - chunked).abs().max() < 0.3
+    q = diagonal(model.exact_posterior(x), scale=1.5)
+    pool = q.sample((800,))  # twice what is needed: a chunking that draws too many sees other particles
+
+    def estimate(chunk_elements):
+        monkeypatch.setattr(estimators_module, "CHUNK_ELEMENTS", chunk_elements)
+        requests = []
+        ll = log_likelihood(model, lambda xb: Replay(q.base_dist, pool, requests), x, num_samples=400)
+        return ll, requests
+
+    whole, whole_requests = estimate(2**24)
+    chunked, chunked_requests = estimate(len(x) * x.shape[1] * 7)  # 7 particles a chunk
+    assert whole_requests == [400]
+    assert chunked_requests == [7] * 57 + [1]
+    with torch.no_grad():
+        reference = estimators_module.log_weights(model, q, x, pool[:400]).logsumexp(0) - math.log(400)
+    assert torch.allclose(whole, reference, rtol=0, atol=1e-5)
+    assert torch.allclose(chunked, reference, rtol=0, atol=1e-5)
 
 
 def test_elbo_of_any_guide_is_below_exact(trained):

@@ -3,6 +3,7 @@
 import json
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
@@ -12,7 +13,9 @@ from pyro_vae.density import log_joint_terms
 from pyro_vae.evaluate import main as evaluate_main
 from pyro_vae.config import EvaluationSettings
 from pyro_vae.fit import FitConfig, fit
+from pyro_vae.estimators import elbo_terms, log_likelihood
 from pyro_vae.local_fit import fit_local_posterior
+from pyro_vae.rundir import load_run
 from pyro_vae.registry import get_guide, get_model
 from pyro_vae.train import make_svi
 
@@ -99,15 +102,36 @@ def test_meanfield_guide_refuses_new_data_in_forward():
 
 
 def test_fit_and_evaluate_meanfield_run(tmp_path, capsys):
+    """A meanfield run learns its decoder (training ELBO up, test log p(x) far above an untrained
+    decoder's), and its test-time q, fitted per point with the decoder fixed, converges (before the
+    step cap) to a Gaussian at least as good as any of its family it could have stopped at: better
+    than the prior N(0, I) and than the fit's starting point N(0, 0.1^2 I)."""
     out = tmp_path / "run"
     result = fit(FitConfig(guide="meanfield", epochs=3, hidden_dims=(32,), out=str(out), evaluation=EvaluationSettings(20, 50)), progress=False, log=lambda *a: None)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["test_elbo"] is not None and metrics[0]["test_elbo"] is None
-    assert result.guide.last_fit_steps >= 100
+    assert metrics[-1]["train_elbo"] > metrics[0]["train_elbo"] + 3.0  # measured: -43.7 -> -36.2
+    assert result.guide.last_fit_steps < 3000  # the stopping rule ended the test-time fit, not the cap
     evaluate_main([str(out), "--iwae-samples", "10", "--max-examples", "20", "--no-progress"])
     results = json.loads((out / "eval.json").read_text())
-    assert results["num_examples"] == 20 and results["log_likelihood"] < 0
-    assert results["test_time_fit_steps"] >= 100  # the stopping rule needs two windows of 50
+    assert results["num_examples"] == 20 and results["test_time_fit_steps"] < 3000
+    model, guide, data, _, _ = load_run(out)
+    x = data.test_x[:20]
+    prior = dist.Normal(torch.zeros(20, 2), 1.0).to_event(1)
+    pyro.set_rng_seed(0)
+    untrained = get_model("bernoulli_mlp")(x.shape[1], 2, (32,))
+    baseline = log_likelihood(untrained, lambda xb: prior, x, num_samples=2000).mean().item()  # -46.1
+    assert results["log_likelihood"] > baseline + 5.0, (results["log_likelihood"], baseline)  # measured -35.1
+
+    def elbo(q):
+        pyro.set_rng_seed(1)  # the same draws for every q
+        return elbo_terms(model, lambda xb: q, x, samples=1000)[2].mean().item()
+
+    pyro.set_rng_seed(2)
+    q = guide.posterior(x)  # what evaluate scored: a fresh fit per test point
+    # measured: q -35.09, prior -35.30, start -38.95 (the decoder is barely 3 epochs old: q is near the prior)
+    assert elbo(q) > elbo(prior) + 0.05
+    assert elbo(q) > elbo(dist.Normal(torch.zeros(20, 2), 0.1).to_event(1)) + 1.0
 
 
 # ---------------------------------------------------------------- local steps and semi-amortized inference

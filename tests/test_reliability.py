@@ -1,6 +1,7 @@
 """Resume, signals, NaN guard, determinism and argument fuzzing."""
 
 import json
+import math
 import random
 import re
 import signal
@@ -89,23 +90,37 @@ def test_resume_rejects_other_settings(tmp_path, capsys):
     assert info.value.code == 2 and "only --epochs may change, not --lr" in capsys.readouterr().err
 
 
-def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, capsys):
+def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, capsys, monkeypatch):
+    """The run stops naming the epoch and step of the first non-finite loss (the losses are read
+    every READ_EVERY steps, so the read comes later), here found by watching every SVI step."""
     import nan_model  # noqa: F401  (registers nan_after_30)
 
+    losses, plain_step = [], pyro.infer.SVI.step
+
+    def watched_step(svi, *args, **kwargs):
+        loss = plain_step(svi, *args, **kwargs)
+        losses.append(float(loss))
+        return loss
+
+    monkeypatch.setattr(pyro.infer.SVI, "step", watched_step)
+    steps_per_epoch = math.ceil(load_dataset("digits").num_train / 128)  # 12
     nan_model.NanAfter30.calls = 0
     config = FitConfig(model="nan_after_30", epochs=5, hidden_dims=(16,), batch_size=128, out=str(tmp_path / "run"))
     with pytest.raises(NonFiniteLoss) as info:
         fit(config, **QUIET)
-    # 12 steps an epoch plus one test-ELBO call per 1000 test points after each
-    assert info.value.epoch == 3 and info.value.step >= 1
-    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 2
+    first = next(i for i, loss in enumerate(losses) if not math.isfinite(loss))
+    epoch, step = first // steps_per_epoch + 1, first % steps_per_epoch + 1
+    assert step < steps_per_epoch  # the read, at the end of the epoch, comes steps later
+    assert (info.value.epoch, info.value.step) == (epoch, step)  # epoch 3, step 2 (the likelihood's 31st call)
+    assert math.isnan(info.value.loss)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == epoch - 1
     nan_model.NanAfter30.calls = 0
     with pytest.raises(SystemExit) as exit_info:
         main(["--import", "nan_model", "--model", "nan_after_30", "--epochs", "5", "--hidden-dims", "16",
               "--out", str(tmp_path / "cli"), "--no-progress"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 1
-    assert "non-finite loss (nan) at epoch 3" in err and "--lr" in err and "Traceback" not in err
+    assert f"non-finite loss (nan) at epoch {epoch}, step {step};" in err and "--lr" in err and "Traceback" not in err
 
 
 def _gradient_norms_at_step(clip_norm):
