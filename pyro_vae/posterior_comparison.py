@@ -60,8 +60,10 @@ def gaussian_summary(q, layout):
 def posterior_idata(q, x, draws=1000):
     """An SVI posterior as InferenceData: ``draws`` samples of q, one chain, a variable per site."""
     values = q.sample((draws,))
-    values = values if isinstance(values, dict) else {"z": values}
-    dims = {name: ["point", *[f"{name}_dim_{i}" for i in range(value.dim() - 2)]] for name, value in values.items()}
+    if isinstance(values, dict):
+        dims = {name: ["point", *[f"{name}_dim_{i}" for i in range(value.dim() - 2)]] for name, value in values.items()}
+    else:  # the one site of the built-in models, named as NUTS's InferenceData names it
+        values, dims = {"z": values}, {"z": ["point", "latent"]}
     return az.from_dict(posterior={name: value.unsqueeze(0).cpu().numpy() for name, value in values.items()},
                         observed_data={"x": x.cpu().numpy()}, dims={**dims, "x": ["point", "feature"]})
 
