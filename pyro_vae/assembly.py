@@ -100,6 +100,9 @@ def check_guide_samples_every_latent(model, guide, data):
     try:
         with pyro.validation_enabled(False), torch.random.fork_rng(devices=devices):
             trace = poutine.trace(poutine.block(guide, hide_types=["param"])).get_trace(x, idx, data.num_train)
+    except ValueError as error:  # a guide built for another program (a one-site refinement on two sites)
+        reason = str(error).split("Trace Shapes:")[0].strip()  # Pyro appends the trace's shapes
+        raise UsageError(f"guide {guide.name} cannot run with model {model.name}: {reason}") from None
     finally:
         guide.train(was_training)
     missing = wanted - {name for name, site in trace.nodes.items() if site["type"] == "sample"}

@@ -92,4 +92,6 @@ class Adam(PyroOptim):
             return
         for kind, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][kind])
+            # the saved state carries the saved learning rate: the schedule's rate for this epoch wins
+            optimizer.param_groups[0]["lr"] = (self.options if kind == "dense" else self.local_options)["lr"]
         self._pending_state = None

@@ -24,6 +24,7 @@ import torch
 from pyro_vae.building_blocks import data_plate
 from pyro_vae.config import EvaluationSettings, FitConfig
 import pyro_vae.fit_svi as fit_svi_module
+from pyro_vae import distributed
 from pyro_vae.fit_svi import fit_svi
 from pyro_vae.guides.amortized import AmortizedGuide
 from pyro_vae.registry import register_guide
@@ -83,7 +84,11 @@ def record_gradients(guide, steps, out, seed=0):
 
 
 if __name__ == "__main__":
-    # GUIDE:STEPS pairs, each one run in its own OUT/GUIDE folder
-    for run in sys.argv[3:]:
-        guide, steps = run.split(":")
-        record_gradients(guide, int(steps), f"{sys.argv[1]}/{guide}", int(sys.argv[2]))
+    # GUIDE:STEPS pairs, each one run in its own OUT/GUIDE folder; under torchrun the runs share one
+    # process group (distributed.start joins it once; its stop would end it after the first run)
+    with mock.patch.object(distributed, "stop", lambda cluster: None):
+        for run in sys.argv[3:]:
+            guide, steps = run.split(":")
+            record_gradients(guide, int(steps), f"{sys.argv[1]}/{guide}", int(sys.argv[2]))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

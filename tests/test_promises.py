@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import arviz as az
@@ -77,12 +78,15 @@ def assert_same_run(dir_a, dir_b, exact=True):
     {"compile": "on"},
 ], ids=["semi_amortized", "bayesian_decoder", "lr_schedule_burda", "compile_on"])
 def test_stopped_and_resumed_equals_straight_through(tmp_path, settings):
-    fit(tiny(tmp_path / "straight", **settings), **QUIET)
-    with pytest.raises(Interrupted) as info:
-        fit(tiny(tmp_path / "stopped", **settings), should_stop=StopAfter(5), **QUIET)  # in epoch 2, step 2
-    assert info.value.epoch == 2
-    assert load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")["epoch"] == 1
-    resume(tmp_path / "stopped", **QUIET)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(tiny(tmp_path / "straight", **settings), **QUIET)
+        with pytest.raises(Interrupted) as info:
+            fit(tiny(tmp_path / "stopped", **settings), should_stop=StopAfter(5), **QUIET)  # in epoch 2, step 2
+        assert info.value.epoch == 2
+        assert load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")["epoch"] == 1
+        resume(tmp_path / "stopped", **QUIET)
+    assert not [str(w.message) for w in caught if "SVI runs" in str(w.message)]  # --compile on compiled
     # a compiled run's resumed epoch starts with a plain SVI step where the straight run ran the compiled
     # graph (Inductor's kernels round differently): equal to float rounding there, bitwise elsewhere
     assert_same_run(tmp_path / "straight", tmp_path / "stopped", exact=settings.get("compile") != "on")
@@ -93,17 +97,31 @@ def test_stopped_and_resumed_equals_straight_through(tmp_path, settings):
 
 
 def test_compiled_fit_matches_the_eager_fit(tmp_path):
-    eager = fit(tiny(tmp_path / "eager", epochs=2, compile="off"), **QUIET)
-    compiled = fit(tiny(tmp_path / "compiled", epochs=2, compile="on"), **QUIET)
-    assert compiled.guide is not None
+    """Two epochs of --compile on against --compile off: the same metrics, parameters and summary to
+    float rounding, and the compiled run really ran its graph (no fallback warning)."""
+    fit(tiny(tmp_path / "eager", epochs=2, compile="off"), **QUIET)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = fit(tiny(tmp_path / "compiled", epochs=2, compile="on"), **QUIET)
+    assert not [str(w.message) for w in caught if "SVI runs" in str(w.message)]
     assert_same_run(tmp_path / "eager", tmp_path / "compiled", exact=False)
-    assert compiled.metrics[-1]["train_elbo"] != pytest.approx(compiled.metrics[0]["train_elbo"], abs=0.5)  # it trained
+    assert compiled.metrics[-1]["train_elbo"] > compiled.metrics[0]["train_elbo"] + 0.5  # it trained
 
 
 # ------------------------------------------------------------------ AIS at latent dimension 10 (docs/evaluation.md)
 
 
-def test_ais_at_latent_dimension_ten_matches_the_exact_marginal():
+@pytest.fixture
+def one_thread():
+    """AIS's many small tensor operations: on the 2-core machine, under load, torch's second intra-op
+    thread cost 8x the CPU time (this test's model, 200 steps: 24 s against 2.7 s with one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ais_at_latent_dimension_ten_matches_the_exact_marginal(one_thread):
     """pPCA, 20-D data, 10-D latent, posterior sd 0.37 against the prior's 1. Measured (20 points, 16
     chains x 1000 steps from the prior, 2 seeds): mean error 0.036 and 0.056 nats per point (the
     standard error of that mean 0.02-0.03), per point a spread of 0.08-0.13 and at most 0.30;
@@ -184,10 +202,8 @@ def test_two_ranks_of_a_stochastic_guide_match_one_process(tmp_path):
     own noise (each rank its seed) the two runs' 200 gradients agree in mean and in spread: the
     two-rank gradient is an unbiased estimate of the same expected gradient, no noisier."""
     steps = 200
-    one = launch(tmp_path / "one", 100, ["amortized_common_noise:1", f"amortized:{steps}"], 1)
-    two_fixed = launch(tmp_path / "two", 0, ["amortized_common_noise:1"], 2)
-    finished(two_fixed)
-    two = launch(tmp_path / "two", 0, [f"amortized:{steps}"], 2)
+    runs = ["amortized_common_noise:1", f"amortized:{steps}"]
+    one, two = launch(tmp_path / "one", 100, runs, 1), launch(tmp_path / "two", 0, runs, 2)
     finished(one)
     finished(two)
     load = lambda run, guide: torch.load(run / guide / "gradients.pt")  # noqa: E731
