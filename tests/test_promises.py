@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from quadrature import posterior_on_grid
+from test_reliability import StopAfter
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.config import EvaluationSettings, FitConfig
 from pyro_vae.fit import fit, resume
@@ -31,17 +32,6 @@ def tiny(out, **settings):
     """3 epochs of 4 steps (200 digits, batch 64), hidden (16,), a cheap summary."""
     return FitConfig(**{"num_train": 200, "epochs": 3, "hidden_dims": (16,), "batch_size": 64, "out": str(out),
                         "evaluation": EvaluationSettings(10, 20), **settings})
-
-
-class StopAfter:
-    """should_stop that turns true after ``n`` calls (one call per step)."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __call__(self):
-        self.n -= 1
-        return self.n < 0
 
 
 def assert_same_run(dir_a, dir_b, exact=True):
