@@ -20,6 +20,9 @@ epochs and the ratio of medians against the hand-written loop.
   (forward and backward compiled; the optimizer eager).
 - ``pyro_vae compiled``: ``make_svi(..., compile=True)``, the SVI step recorded
   and compiled (``pyro_vae.compiled_svi``); its first epoch includes compiling.
+- with ``--objectives iwae,iwae-dreg,rws,wake-sleep,score-function``: the
+  ``pyro_vae`` pair under each of those objectives too (``--particles K``
+  importance samples per point for the first three).
 
 Test ELBOs are single-sample estimates over the whole test set, each
 trainer scored by its own code, in nats per example.
@@ -87,6 +90,10 @@ def main():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--objectives", default="", metavar="E[,E...]",
+                        help="also time the amortized pair under these objectives (iwae, iwae-dreg, rws at "
+                             "--particles K; wake-sleep; score-function with its average baseline)")
+    parser.add_argument("--particles", type=int, default=5)
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -125,12 +132,22 @@ def main():
         pyro.clear_param_store()
         return train_epoch(svi, data, args.batch_size, progress=False)[1]
 
+    objective_pairs = {}
+    for elbo in filter(None, args.objectives.split(",")):
+        particles = args.particles if elbo in ("iwae", "iwae-dreg", "rws") else 1
+        torch.manual_seed(args.seed)
+        pair = pyro_pair()
+        label = f"pyro_vae {elbo}" + (f" K={particles}" if particles > 1 else "")
+        objective_pairs[label] = (pair, make_svi(*pair, lr=1e-3, elbo=elbo, particles=particles,
+                                                 baseline="average" if elbo == "score-function" else "none"))
+
     trainers = {
         "pytorch": lambda: pytorch_epoch(vae, torch_optim, data, args.batch_size),
         "pytorch compiled": lambda: pytorch_epoch(compiled_vae, compiled_optim, data, args.batch_size),
         "pyro_vae": lambda: pyro_epoch(ours_svi),
         "pyro_vae compiled": lambda: pyro_epoch(ours_compiled_svi),
         "stock_pyro": lambda: pyro_epoch(stock_svi),
+        **{label: (lambda svi=svi: pyro_epoch(svi)) for label, (_, svi) in objective_pairs.items()},
     }
     times = {name: [] for name in trainers}
     for epoch in range(1, args.epochs + 1):
@@ -140,7 +157,8 @@ def main():
 
     elbos = {}
     for name, (trainer_model, trainer_guide) in [("pyro_vae", ours), ("pyro_vae compiled", ours_compiled),
-                                                 ("stock_pyro", stock)]:
+                                                 ("stock_pyro", stock),
+                                                 *((label, pair) for label, (pair, _) in objective_pairs.items())]:
         torch.manual_seed(args.seed + 1)
         pyro.clear_param_store()
         elbos[name] = elbo_terms(trainer_model, trainer_guide.posterior, data.test_x)[2].mean().item()

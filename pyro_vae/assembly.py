@@ -1,5 +1,7 @@
 """Assembling a run from its settings: the device, the data, the model and the guide."""
 
+import inspect
+
 import pyro
 import pyro.poutine as poutine
 import torch
@@ -9,8 +11,8 @@ from pyro_vae.cli import UsageError, doing, import_user_modules
 from pyro_vae.data import load_dataset
 from pyro_vae.density import latent_layout, observation, prior_draws
 from pyro_vae.guides.decoder_posterior import DecoderPosterior, WithDecoderPosterior
-from pyro_vae.objectives import guide_problem
-from pyro_vae.registry import get_guide, get_model
+from pyro_vae.objectives import guide_problem, model_problem
+from pyro_vae.registry import get_guide, get_model, model_names
 
 
 def resolve_device(name):
@@ -48,7 +50,10 @@ def build_model(config, data):
         )
     sizes = f"data dim {data.data_dim}, latent dim {config.latent_dim}, hidden dims {list(config.hidden_dims)}"
     with doing(f"building model {model_cls.name} ({sizes})"), hidden_activation(config.activation):
-        model = model_cls(data.data_dim, config.latent_dim, config.hidden_dims).to(data.device)
+        model = model_cls(data.data_dim, config.latent_dim, config.hidden_dims, **model_options(model_cls, config))
+        if hasattr(model, "initialize_from"):  # a data-dependent start (the mixture's k-means++ means)
+            model.initialize_from(data.train_x, config.seed)
+        model = model.to(data.device)
     try:
         latent_layout(model, data.test_x[:2])
     except ValueError as error:
@@ -59,6 +64,35 @@ def build_model(config, data):
         model.bayesian_decoder = True
         check_decoder_is_sampled(model, data.test_x[:4])
     return model
+
+
+def model_options(model_cls, config):
+    """The settings a model declares beyond the uniform three (``--num-components``, ``--covariance``:
+    keyword arguments of its constructor), from ``config``; UsageError for one set but not declared."""
+    accepted = inspect.signature(model_cls.__init__).parameters
+    options = {}
+    for name, value, default in (("num_components", config.num_components, None),
+                                 ("categories", config.categories, None),
+                                 ("covariance", config.covariance, "diag")):
+        if name in accepted and value is not None:
+            options[name] = value
+        elif value != default:
+            flag = "--" + name.replace("_", "-")
+            takers = [m for m in model_names() if name in inspect.signature(get_model(m).__init__).parameters]
+            raise UsageError(f"{flag}: model {model_cls.name} has no {name.replace('_', ' ')} "
+                             f"(models that have: {', '.join(takers)})")
+    return options
+
+
+def guide_options(guide_cls, config):
+    """``--flow`` and ``--flow-layers`` for a flow guide (keyword arguments of its constructor);
+    UsageError for either given with a guide that is not a flow."""
+    if getattr(guide_cls, "family", None) == "flow":
+        return {k: v for k, v in (("flow", config.flow), ("flow_layers", config.flow_layers)) if v is not None}
+    given = [flag for flag, value in (("--flow", config.flow), ("--flow-layers", config.flow_layers)) if value is not None]
+    if given:
+        raise UsageError(f"{' and '.join(given)}: guide {guide_cls.name} is not a flow (use --guide flow)")
+    return {}
 
 
 def build(config, data):
@@ -74,9 +108,11 @@ def build(config, data):
                          f"(meanfield and semi_amortized have)")
     if guide_problem(config.elbo, guide_cls, config.bayesian_decoder):
         raise UsageError(guide_problem(config.elbo, guide_cls, config.bayesian_decoder))
+    if model_problem(config.elbo, model):
+        raise UsageError(model_problem(config.elbo, model))
     with doing(f"building guide {guide_cls.name} for {data.num_train} training points"), \
             hidden_activation(config.activation):
-        guide = guide_cls(model, data.num_train, config.hidden_dims).to(data.device)
+        guide = guide_cls(model, data.num_train, config.hidden_dims, **guide_options(guide_cls, config)).to(data.device)
         if hasattr(guide, "local_steps"):
             guide.local_lr = config.local_lr
             guide.local_steps = config.local_steps or guide.local_steps
@@ -93,7 +129,8 @@ def check_guide_samples_every_latent(model, guide, data):
     the sites otherwise. The guide runs once, in eval mode, on two test rows, the RNG left as it was."""
     x = data.test_x[:2]
     idx = torch.arange(len(x), device=x.device)
-    wanted = set(latent_layout(model, x).names)
+    layout = latent_layout(model, x)
+    wanted = {*layout.names, *(layout.discrete if getattr(model, "sampled_discrete", False) else ())}
     was_training = guide.training
     guide.eval()
     devices = [x.device] if x.device.type == "cuda" else []
@@ -105,6 +142,11 @@ def check_guide_samples_every_latent(model, guide, data):
         raise UsageError(f"guide {guide.name} cannot run with model {model.name}: {reason}") from None
     finally:
         guide.train(was_training)
+    continuous = [name for name, site in trace.nodes.items()
+                  if site["type"] == "sample" and name in layout.discrete and not site["fn"].support.is_discrete]
+    if continuous:
+        raise UsageError(f"guide {guide.name} draws continuous values for the discrete latent site(s) "
+                         f"{', '.join(continuous)} of model {model.name}: use a guide with discrete sites")
     missing = wanted - {name for name, site in trace.nodes.items() if site["type"] == "sample"}
     if missing:
         raise UsageError(f"guide {guide.name} samples no value for the model's latent site(s) "

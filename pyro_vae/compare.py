@@ -18,6 +18,7 @@
 compares held-out log p(x) against wall time (``pyro_vae.scratch``).
 """
 
+import argparse
 import time
 
 import torch
@@ -30,17 +31,20 @@ from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, import_user_mod
                           report_out_of_memory)
 from pyro_vae.posterior_comparison import (METHODS, compare_posteriors, format_report, gaussian_summary,
                                            posterior_idata)
-from pyro_vae.config import EvaluationSettings, FitConfig
+from pyro_vae.config import EvaluationSettings, FitConfig, MCMCSettings
 from pyro_vae.data import DATASETS, DataError
 from pyro_vae.density import layout_of, observation, plug_in_values
+from pyro_vae.discrete_comparison import compare_discrete, format_discrete_report, is_discrete_run
 from pyro_vae.rundir import load_run, prepare_out
-from pyro_vae.scratch import ScratchSettings, fit_from_scratch
+from pyro_vae.scratch import OBJECTIVES, ScratchSettings, fit_from_scratch
 from pyro_vae.fit_svi import fit_svi
+from pyro_vae.family_gaps import compare_families, parse_families
+from pyro_vae.flows import FLOW_LAYERS, FLOWS
 
 ELLIPSE_POINTS = 6
-# NUTS defaults: 4 x (1000 + 1000) keeps R-hat under 1.01 on the default
+# NUTS defaults are fit's (MCMCSettings): 4 x (1000 + 1000) keeps R-hat under 1.01 on the default
 # comparison (100 digits points, 2-D latents); 4 x (500 + 500) reached 1.017.
-CHAINS, WARMUP, SAMPLES = 4, 1000, 1000
+CHAINS, WARMUP, SAMPLES = MCMCSettings.chains, MCMCSettings.warmup, MCMCSettings.samples
 
 
 def parser():
@@ -68,6 +72,13 @@ def parser():
     p.add_argument("--samples", type=positive_int, default=SAMPLES, help="NUTS draws per chain (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--out", metavar="DIR", help="report directory (default runs/compare-<dataset>-<timestamp>)")
+    families = p.add_argument_group("--families (the gaps of Cremer et al. per variational family)")
+    families.add_argument("--families", metavar="F[,F...]",
+                          help="train a model per family (ffg, full_rank, flow) and decompose each one's gaps side by "
+                               "side instead (default: the four-method comparison)")
+    families.add_argument("--flow", choices=FLOWS, default="iaf", help="the flow family's transforms (default %(default)s)")
+    families.add_argument("--flow-layers", type=int, default=FLOW_LAYERS, metavar="N",
+                          help="the flow family's transforms after the Gaussian (default %(default)s)")
     scratch = p.add_argument_group("--fit-from-scratch (Kingma & Welling 2013, figure 3)")
     scratch.add_argument("--fit-from-scratch", action="store_true",
                          help="learn the decoder on small data with each method instead; compare held-out log p(x)")
@@ -77,6 +88,11 @@ def parser():
                          help="train each SVI learner for this much wall time instead of --passes")
     scratch.add_argument("--hidden-dims", type=int_list, default=(400,), metavar="H[,H...]",
                          help="hidden layer widths (default 400)")
+    scratch.add_argument("--objectives", type=objective_list, default=",".join(OBJECTIVES), metavar="E[,E...]",
+                         help="objectives the amortized guide also learns with, each a learner of its own, or none "
+                              "(default %(default)s)")
+    scratch.add_argument("--particles", type=positive_int, default=ScratchSettings.particles, metavar="K",
+                         help="importance samples per point of --objectives iwae, iwae-dreg and rws (default %(default)s)")
     scratch.add_argument("--m-steps", type=positive_int, default=20, help="MCEM decoder steps per pass (default %(default)s)")
     scratch.add_argument("--mcem-warmup", type=positive_int, default=30, help="MCEM NUTS warm-up per pass (default %(default)s)")
     scratch.add_argument("--mcem-samples", type=positive_int, default=10, help="MCEM NUTS draws per pass (default %(default)s)")
@@ -133,6 +149,35 @@ def save_outputs(out, results, posteriors, draws, nuts_idata, model, x, image_sh
                                 + ", ".join(METHODS))
 
 
+def run_families(args, out, log):
+    """``--families``: each family's model trained with the same settings, its gaps decomposed."""
+    families = parse_families(args.families)
+    if args.run:
+        raise UsageError("--families trains a model per family; it takes no --run")
+    base = FitConfig(dataset=args.dataset or "digits", data_dir=args.data_dir, model=args.model,
+                     latent_dim=args.latent_dim or 2, hidden_dims=args.hidden_dims, epochs=args.epochs, seed=args.seed,
+                     device="cpu", flow=args.flow, flow_layers=args.flow_layers,
+                     evaluation=EvaluationSettings(iwae_samples=100))
+    base.validate()
+    rows = compare_families(base, families, out, subset=args.subset, nuts=(args.chains, args.warmup, args.samples),
+                            seed=args.seed, progress=args.progress, log=log, elbo_samples=args.elbo_samples,
+                            iwae_samples=args.iwae_samples, ais_steps=args.ais_steps, ais_chains=args.ais_chains)
+    log(f"wrote {out}")
+    return rows, out
+
+
+def objective_list(text):
+    """--objectives: a comma-separated list of pyro_vae.scratch.OBJECTIVES, or "none"."""
+    if isinstance(text, tuple):
+        return text
+    names = () if text == "none" else tuple(name.strip() for name in text.split(","))
+    unknown = [name for name in names if name not in OBJECTIVES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown objective(s) {', '.join(unknown)}; choose from "
+                                         f"{', '.join(OBJECTIVES)} or none")
+    return names
+
+
 def run_compare(args, log=print):
     import_user_modules(args.imports)
     out = prepare_out(args.out or f"runs/compare-{args.dataset or 'digits'}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -142,8 +187,11 @@ def run_compare(args, log=print):
                            seed=args.seed, device="cpu")
         settings = ScratchSettings(passes=args.passes, budget=args.budget, subset=args.subset,
                                    iwae_samples=args.iwae_samples, m_steps=args.m_steps,
-                                   mcem_warmup=args.mcem_warmup, mcem_samples=args.mcem_samples)
+                                   mcem_warmup=args.mcem_warmup, mcem_samples=args.mcem_samples,
+                                   objectives=objective_list(args.objectives), particles=args.particles)
         return fit_from_scratch(config, settings, out, log)
+    if args.families is not None:
+        return run_families(args, out, log)
     model, guide, data, run = decoder_and_encoder(args, out, log)
     model.eval()
     guide.eval()
@@ -151,6 +199,14 @@ def run_compare(args, log=print):
         raise UsageError(f"--subset {args.subset} is larger than the {len(data.test_x)} held-out points")
     x = data.test_x[: args.subset]
     fixed = plug_in_values(model, guide)
+    if is_discrete_run(model):  # one-hot latents: proposals and the exact sum, no NUTS
+        results = compare_discrete(model, guide, x, iwae_samples=args.iwae_samples, elbo_samples=args.elbo_samples,
+                                   seed=args.seed, fixed=fixed)
+        report = format_discrete_report(results, data.name, run)
+        write_text(out / "report.md", report)
+        write_json(out / "report.json", results)
+        log(report)
+        return results, out
     log(f"comparing encoder, mean-field and NUTS posteriors on {len(x)} held-out points")
     results, posteriors, draws, nuts_idata = compare_posteriors(
         model, guide, x, iwae_samples=args.iwae_samples, elbo_samples=args.elbo_samples, chains=args.chains,

@@ -12,6 +12,7 @@ of your own registers with ``@register_dataset("name")``.
 | `binarized_mnist` | `binarized_mnist_{train,test}.mat` or `.amat`   | 50000 / 10000       | none (binary)    |
 | `frey_face`       | `frey_rawface.mat`, key `ff`, 560 x 1965        | first 1765 / last 200 | none           |
 | `linear_gaussian` | synthetic pPCA data (``load_linear_gaussian``)  | 1000 / 500 by default | none           |
+| `gmm_synthetic`   | a seeded mixture of 3 Gaussians (``load_gmm_synthetic``) | 1000 / 500 by default | none  |
 """
 
 import gzip
@@ -235,9 +236,39 @@ def load_linear_gaussian(data_dir=None, download=False, num_train=1000, num_test
     return RawDataset(draw(num_train), None, draw(num_test), None, None, "none", "linear_gaussian")
 
 
+GMM_SYNTHETIC_WEIGHTS = (0.5, 0.3, 0.2)
+
+
+def load_gmm_synthetic(data_dir=None, download=False, num_train=1000, num_test=500, data_dim=2, seed=0):
+    """Synthetic data from a mixture of three Gaussians in ``data_dim`` dimensions (at least 2), weights
+    0.5, 0.3, 0.2: means 8 apart on a circle in the first two coordinates (randomly turned) and drawn
+    from N(0, 1) in the others, covariances A A^T / D + 0.25 I with A ~ N(0, 1) (``seed``). Well
+    separated: fit it with ``gmm``, whose exact log p(x) is known. Labels are the true components."""
+    if data_dim < 2:
+        raise DataError(f"gmm_synthetic needs --data-dim of at least 2, got {data_dim}")
+    generator = torch.Generator().manual_seed(seed)
+    k = len(GMM_SYNTHETIC_WEIGHTS)
+    angles = 2 * torch.pi * torch.arange(k) / k + 2 * torch.pi * torch.rand(1, generator=generator)
+    radius = 4.0 / torch.sin(torch.tensor(torch.pi / k))  # neighbouring means 8 apart
+    locs = torch.randn(k, data_dim, generator=generator)
+    locs[:, 0], locs[:, 1] = radius * angles.cos(), radius * angles.sin()
+    a = torch.randn(k, data_dim, data_dim, generator=generator)
+    covariances = a @ a.transpose(-1, -2) / data_dim + 0.25 * torch.eye(data_dim)
+    tril = torch.linalg.cholesky(covariances)
+
+    def draw(n):
+        z = torch.multinomial(torch.tensor(GMM_SYNTHETIC_WEIGHTS), n, replacement=True, generator=generator)
+        eps = torch.randn(n, data_dim, 1, generator=generator)
+        return locs[z] + (tril[z] @ eps).squeeze(-1), z
+
+    (train_x, train_y), (test_x, test_y) = draw(num_train), draw(num_test)
+    return RawDataset(train_x, train_y, test_x, test_y, None, "none", "gmm")
+
+
 DATASETS = {
     "digits": load_digits,
     "linear_gaussian": load_linear_gaussian,
+    "gmm_synthetic": load_gmm_synthetic,
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,
     "binarized_mnist": load_binarized_mnist,

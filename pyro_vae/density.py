@@ -20,7 +20,11 @@ The contract a model follows:
 - a discrete latent site must have an enumerable support
   (``has_enumerate_support``): it is summed out exactly, in parallel
   (``poutine.enum``, as ``TraceEnum_ELBO`` does), so the model must
-  broadcast over an enumeration dimension left of the data plate;
+  broadcast over an enumeration dimension left of the data plate; a discrete
+  site given a value (a proposal that draws it, as the ``categorical_mlp``
+  encoder does) is conditioned on it instead, and a model whose discrete sites
+  have more than ``MAX_ENUMERATION`` joint values declares ``sampled_discrete``
+  and is evaluated with such values only;
 - sites outside the data plate are global (a Bayesian decoder's weights
   ``decoder.<name>``). They are fixed by ``fixed`` (a dict site -> value)
   and are not part of log p(x, z): the densities here are those of the
@@ -66,6 +70,8 @@ class Layout(NamedTuple):
     discrete: tuple
     dim: int
     enumeration: int
+    discrete_events: tuple = ()  # the discrete sites' event shapes
+    discrete_sizes: tuple = ()  # the discrete sites' numbers of values
 
     @property
     def names(self):
@@ -127,7 +133,7 @@ def latent_layout(model, x, fixed=None):
     devices = [x.device] if x.device.type == "cuda" else []
     with pyro.validation_enabled(False), torch.no_grad(), torch.random.fork_rng(devices=devices):
         trace = poutine.trace(poutine.condition(model, data=dict(fixed or {}))).get_trace(x)
-    continuous, discrete, offset, enumeration = [], [], 0, 1
+    continuous, discrete, offset, enumeration, events, sizes = [], [], 0, 1, [], []
     for name, site in _per_point_sites(trace):
         if site["is_observed"]:
             continue
@@ -139,8 +145,10 @@ def latent_layout(model, x, fixed=None):
             if not fn.has_enumerate_support:
                 raise ValueError(f"site {name!r} is discrete ({type(fn).__name__}) without an enumerable support: "
                                  f"it cannot be summed out; give it a finite support or a continuous relaxation")
-            enumeration *= len(fn.enumerate_support(expand=False))
+            sizes.append(len(fn.enumerate_support(expand=False)))
+            enumeration *= sizes[-1]
             discrete.append(name)
+            events.append(tuple(fn.event_shape))
             continue
         transform = biject_to(fn.support)
         shape = tuple(fn.event_shape)
@@ -148,12 +156,12 @@ def latent_layout(model, x, fixed=None):
         size = math.prod(unconstrained)
         continuous.append(LatentSite(name, shape, transform, unconstrained, offset, size))
         offset += size
-    if enumeration > MAX_ENUMERATION:
+    if enumeration > MAX_ENUMERATION and not getattr(model, "sampled_discrete", False):
         raise ValueError(f"the discrete sites {', '.join(discrete)} have {enumeration} joint values per point, "
                          f"more than the {MAX_ENUMERATION} summed exactly")
     if not any(site["is_observed"] for _, site in _per_point_sites(trace)):
         raise ValueError(f"model {getattr(model, 'name', model)} has no observed site in its data plate")
-    return Layout(tuple(continuous), tuple(discrete), offset, enumeration)
+    return Layout(tuple(continuous), tuple(discrete), offset, enumeration, tuple(events), tuple(sizes))
 
 
 def layout_of(model, x, fixed=None):
@@ -171,11 +179,12 @@ def _flat_values(layout, values):
     dimension, and those batch dimensions."""
     batch = None
     flat = {}
-    for site in layout.continuous:
-        value = values[site.name]
-        lead = value.shape[: value.dim() - 1 - len(site.shape)]
+    given = [(name, event) for name, event in zip(layout.discrete, layout.discrete_events) if name in values]
+    for name, event in [(site.name, site.shape) for site in layout.continuous] + given:
+        value = values[name]
+        lead = value.shape[: value.dim() - 1 - len(event)]
         batch = lead if batch is None else batch
-        flat[site.name] = value.reshape(-1, *value.shape[len(lead) + 1:]) if lead else value
+        flat[name] = value.reshape(-1, *value.shape[len(lead) + 1:]) if lead else value
     return flat, tuple(batch or ())
 
 
@@ -192,7 +201,12 @@ def trace_program(model, x, values, fixed=None, enumerate_discrete=True):
     repeats = math.prod(batch)
     x_all = x.repeat(repeats, *[1] * (x.dim() - 1)) if repeats > 1 else x
     program = poutine.condition(model, data={**(fixed or {}), **flat})
-    if layout.discrete and enumerate_discrete:
+    summed = [(name, size) for name, size in zip(layout.discrete, layout.discrete_sizes) if name not in flat]
+    if summed and enumerate_discrete:
+        if math.prod(size for _, size in summed) > MAX_ENUMERATION:
+            raise ValueError(f"the discrete sites {', '.join(name for name, _ in summed)} have "
+                             f"{math.prod(size for _, size in summed)} joint values per point, more than the "
+                             f"{MAX_ENUMERATION} summed exactly: give their values (a proposal that draws them)")
         program = poutine.enum(config_enumerate(program, default="parallel"), first_available_dim=-2)
     with pyro.validation_enabled(False):
         return poutine.trace(program).get_trace(x_all), batch
@@ -266,7 +280,8 @@ def observation(model, x, z, fixed=None):
     first observed site), batch shape flat, its discrete latents drawn from their conditional prior
     rather than summed out."""
     trace, _ = trace_program(model, x, z, fixed, enumerate_discrete=False)
-    latents = set(layout_of(model, x, fixed).names)
+    layout = layout_of(model, x, fixed)
+    latents = {*layout.names, *layout.discrete}
     observed = [(name, site) for name, site in _per_point_sites(trace) if site["is_observed"] and name not in latents]
     for name, site in sorted(observed, key=lambda item: item[0] != "x"):  # the site named "x" first
         return site["fn"]

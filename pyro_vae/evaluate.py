@@ -13,7 +13,8 @@ Writes ``RUN_DIR/eval.json`` and prints a short table, in nats per example
   log p(z) (one-sample estimates, so elbo = reconstruction - kl);
 - ``active_units``: latent dimensions whose variance over x of E_q[z | x]
   exceeds 0.01 (Burda et al. 2015);
-- for models with a closed-form marginal (``linear_gaussian``): ``exact_log_likelihood``;
+- for models with a closed-form marginal (``linear_gaussian``, ``gmm``): ``exact_log_likelihood``; for a
+  model whose latents are all discrete (``gmm``) ``log_likelihood`` is that exact sum too;
 - with ``--estimator ais``, beside those: ``ais``, annealed importance
   sampling's log p(x) per example (log-mean-exp over ``--ais-chains``
   chains through ``--ais-steps`` distributions from the prior, or from the
@@ -33,7 +34,7 @@ from pyro_vae.checkpoint import CheckpointError
 from pyro_vae.files import write_json
 from pyro_vae.cli import ArgumentParser, UsageError, exit_with, import_user_modules, positive_int, report_out_of_memory
 from pyro_vae.data import DataError
-from pyro_vae.density import plug_in_values
+from pyro_vae.density import layout_of, plug_in_values
 from pyro_vae.estimators import evaluate
 from pyro_vae.posteriors import guide_posterior
 from pyro_vae.rundir import load_run
@@ -129,6 +130,9 @@ def run_evaluate(args):
     run = load_run(args.run_dir, resolve_device(args.device))
     pyro.set_rng_seed(args.seed)
     x, proposal, indexed, fixed = examples_and_proposal(run, args.split, args.max_examples)
+    if (args.estimator == "ais" or args.bdmc) and layout_of(run.model, x, fixed).dim == 0:
+        raise UsageError(f"--estimator ais and --bdmc anneal continuous latents; model {run.model.name} has none "
+                         f"(its log p(x) is importance-sampled, and exact where its discrete latents can be summed)")
     results = evaluate(run.model, proposal, x, args.iwae_samples, args.batch_size, args.progress, fixed, indexed)
     results.update(split=args.split, seed=args.seed, run_dir=str(args.run_dir))
     if getattr(run.guide, "last_fit_steps", None) is not None:  # q fitted per point at test time

@@ -25,10 +25,12 @@ from pyro_vae.building_blocks import ACTIVATIONS
 from pyro_vae.checkpoint import CheckpointError
 from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, int_list, nonnegative_int, positive_float,
                           positive_int, report_out_of_memory)
-from pyro_vae.config import (COMPILE_MODES, INFERENCE, LR_SCHEDULES, NUTS_MODES, SAMPLERS, EvaluationSettings,
+from pyro_vae.config import (COMPILE_MODES, COVARIANCES, INFERENCE, LR_SCHEDULES, NUTS_MODES, SAMPLERS, EvaluationSettings,
                              FitConfig, MCMCSettings)
 from pyro_vae.data import BINARIZE_MODES, DATASETS, DataError
+from pyro_vae.fit_em import fit_em
 from pyro_vae.fit_nuts import fit_nuts
+from pyro_vae.flows import FLOW_LAYERS, FLOWS
 from pyro_vae.fit_svi import fit_svi, resume_svi
 from pyro_vae.objectives import ELBOS
 from pyro_vae.score_function import BASELINES
@@ -60,6 +62,8 @@ def fit(config, progress=True, log=print, should_stop=None):
     config.validate()
     if config.inference == "nuts":
         return fit_nuts(config, progress, log)
+    if config.inference == "em":
+        return fit_em(config, progress, log)
     return fit_svi(config, progress, log, should_stop)
 
 
@@ -68,27 +72,54 @@ def resume(run_dir, epochs=None, progress=True, log=print, should_stop=None):
     return resume_svi(run_dir, epochs, progress, log, should_stop)
 
 
+def add_mixture_arguments(p, d):
+    """The settings of a mixture model (``gmm``) and of ``categorical_mlp``, passed to models that declare them."""
+    p.add_argument("--num-components", type=int, metavar="K",
+                   help="mixture components of --model gmm (default 3)")
+    p.add_argument("--covariance", choices=COVARIANCES, default=d.covariance,
+                   help="--model gmm's component covariances: diag or full (default %(default)s)")
+    p.add_argument("--categories", type=positive_int, metavar="K",
+                   help="classes of each of the --latent-dim one-hot latents of --model categorical_mlp (default 10)")
+
+
+def add_flow_arguments(p):
+    """--flow and --flow-layers, the transforms of ``--guide flow`` (``pyro_vae.flows``)."""
+    p.add_argument("--flow", choices=FLOWS,
+                   help="--guide flow's transforms: iaf (conditional affine autoregressive) or spline (conditional "
+                        "rational-quadratic spline autoregressive) (default iaf)")
+    p.add_argument("--flow-layers", type=int, metavar="N",
+                   help=f"--guide flow's number of transforms after the encoder's Gaussian (default {FLOW_LAYERS})")
+
+
 def add_objective_arguments(p, d):
     """--elbo and the settings of its objectives (``pyro_vae.objectives``)."""
     p.add_argument("--elbo", choices=sorted(ELBOS), default=d.elbo,
                    help="trace: Trace_ELBO (Monte Carlo); meanfield: TraceMeanField_ELBO (analytic KL); enum: "
                         "TraceEnum_ELBO; score-function: the ELBO by the score function (--baseline); iwae: the "
                         "importance-weighted bound with --particles K per point; iwae-dreg: the same, the guide's "
-                        "gradient doubly reparameterised; rws: reweighted wake-sleep; wake-sleep: wake and sleep "
-                        "phases (default %(default)s)")
+                        "gradient doubly reparameterised; rws: reweighted wake-sleep; vimco: the same bound, the "
+                        "guide's gradient by the score function (discrete z); wake-sleep: wake and sleep "
+                        "phases; relaxed, relaxed-st: Gumbel-softmax and straight-through Gumbel-softmax for one-hot "
+                        "latents (--temperature) (default %(default)s)")
     p.add_argument("--particles", type=positive_int, default=d.particles, metavar="K",
-                   help="importance samples per data point of --elbo iwae, iwae-dreg and rws (default %(default)s)")
+                   help="importance samples per data point of --elbo iwae, iwae-dreg, rws and vimco (default %(default)s)")
     p.add_argument("--baseline", choices=BASELINES, default=d.baseline,
                    help="--elbo score-function's baseline: none, average (a decaying average of the per-point "
                         "ELBO) or learned (that average plus an MLP of x) (default %(default)s)")
+    p.add_argument("--temperature", type=positive_float, default=d.temperature, metavar="TAU",
+                   help="--elbo relaxed and relaxed-st: the Gumbel-softmax temperature at step 0 (default %(default)s)")
+    p.add_argument("--min-temperature", type=positive_float, default=d.min_temperature, metavar="TAU",
+                   help="the temperature's floor: tau_t = max(min, tau_0 exp(-r t)) (default %(default)s)")
+    p.add_argument("--anneal-rate", type=float, default=d.anneal_rate, metavar="R",
+                   help="r of that schedule, per SVI step; 0 keeps tau_0 (default %(default)s)")
 
 
 def parser():
     p = ArgumentParser(prog="python -m pyro_vae.fit", description=__doc__.split("\n\n")[0])
     d = FitConfig()
     p.add_argument("--inference", choices=INFERENCE, default=d.inference,
-                   help="svi: train a variational family (--guide) by SVI; nuts: sample the latents by NUTS "
-                        "(default %(default)s)")
+                   help="svi: train a variational family (--guide) by SVI; nuts: sample the latents by NUTS; "
+                        "em: closed-form EM (gmm), at most --epochs iterations (default %(default)s)")
     p.add_argument("--model", help=f"generative model: {', '.join(model_names())} (default: the dataset's)")
     p.add_argument("--guide", default=d.guide, help=f"variational family for --inference svi: "
                                                    f"{', '.join(guide_names())} (default %(default)s)")
@@ -98,14 +129,15 @@ def parser():
     p.add_argument("--download", action="store_true", help="download MNIST / Fashion-MNIST through torchvision (needs a network)")
     p.add_argument("--num-train", type=positive_int, metavar="N", help="use the first N training examples (synthetic data: generate N)")
     p.add_argument("--num-test", type=positive_int, metavar="N", help="use the first N test examples (synthetic data: generate N)")
-    p.add_argument("--data-dim", type=positive_int, metavar="D", help="dimension of synthetic data (linear_gaussian; default 10)")
-    p.add_argument("--data-seed", type=int, metavar="S", help="seed of synthetic data (linear_gaussian; default 0)")
+    p.add_argument("--data-dim", type=positive_int, metavar="D", help="dimension of synthetic data (linear_gaussian: default 10; gmm_synthetic: 2)")
+    p.add_argument("--data-seed", type=int, metavar="S", help="seed of synthetic data (linear_gaussian, gmm_synthetic; default 0)")
     p.add_argument("--binarize", choices=BINARIZE_MODES,
                    help="dynamic: resample x ~ Bernoulli(intensity) per minibatch; static: once, fixed seed; "
                         "none: keep intensities (default: the dataset's)")
     p.add_argument("--latent-dim", type=positive_int, default=d.latent_dim, help="dimension of z (default %(default)s)")
     p.add_argument("--hidden-dims", type=int_list, default=d.hidden_dims, metavar="H[,H...]",
                    help="hidden layer widths from the data side; the decoder mirrors them (default 400)")
+    add_mixture_arguments(p, d)
     p.add_argument("--epochs", type=positive_int, help=f"passes over the training set (default {d.epochs})")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="minibatch size (default %(default)s)")
     p.add_argument("--lr", type=positive_float, default=d.lr, help="Adam learning rate (default %(default)s)")
@@ -115,6 +147,7 @@ def parser():
     p.add_argument("--local-steps", type=positive_int, metavar="K",
                    help="Adam steps on each minibatch's local posteriors, decoder fixed, before each SVI step "
                         "(meanfield), or on the encoder's q (semi_amortized) (default: the guide's)")
+    add_flow_arguments(p)
     add_objective_arguments(p, d)
     p.add_argument("--bayesian-decoder", action="store_true",
                    help="N(0, I) priors on the decoder weights and a mean-field Gaussian q(theta) over them "

@@ -66,7 +66,7 @@ def fixed_decoder_problem(config, device):
     encoder, if any, to start chains from."""
     source = load_run(config.mcmc.decoder_from, device)
     for name in ("model", "dataset", "data_dir", "binarize", "latent_dim", "hidden_dims", "num_train", "num_test",
-                 "data_dim", "data_seed", "imports"):
+                 "data_dim", "data_seed", "imports", "categories", "num_components", "covariance"):
         setattr(config, name, getattr(source.config, name))
     fixed = plug_in_values(source.model, source.guide)
     config.bayesian_decoder = False
@@ -102,6 +102,9 @@ def fit_nuts(config, progress=True, log=print):
         raise UsageError(f"--subset {settings.subset} is larger than the {len(problem.x)} points available")
     problem = problem._replace(x=problem.x[: settings.subset])
     model, data, x = problem.model, problem.data, problem.x
+    if layout_of(model, x).dim == 0:  # every latent discrete (gmm, categorical_mlp): NUTS has nothing to move
+        raise UsageError(f"--inference nuts: model {model.name} has no continuous latent to sample (its discrete "
+                         f"ones are summed out or importance-sampled: python -m pyro_vae.evaluate scores them)")
     config.model, config.binarize = model.name, data.binarize
     out = prepare_out(config.out or default_out(config))
     config.out = str(out)

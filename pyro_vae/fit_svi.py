@@ -65,7 +65,8 @@ def setup(config, cluster, out=None):
         out = prepare_out(config.out or default_out(config), cluster)
         config.out = str(out)
     svi = make_svi(model, guide, config.lr, config.elbo, local_lr=config.local_lr, clip_norm=config.clip_norm,
-                   compile=compile_step(config, data, guide), particles=config.particles, baseline=config.baseline)
+                   compile=compile_step(config, data, guide), particles=config.particles, baseline=config.baseline,
+                   temperature=config.temperature_schedule())
     if cluster.is_main:
         write_config(out, config, data, device, cluster.world_size)
     return Session(config, data, model, guide, svi, Path(out), cluster)

@@ -9,6 +9,7 @@ steps (Kingma & Welling 2013, section 5). The ``--inference nuts`` run is
 ``pyro_vae.fit_nuts``.
 """
 
+import contextlib
 import time
 from collections import OrderedDict
 from typing import NamedTuple
@@ -17,7 +18,7 @@ import arviz as az
 import pyro
 import torch
 
-from pyro_vae.building_blocks import frozen
+from pyro_vae.building_blocks import frozen, torch_threads
 from pyro_vae.config import SAMPLERS
 from pyro_vae.density import layout_of, log_density_for_sampler, unconstrained_terms
 from pyro_vae.infer.mcmc import chees, nuts
@@ -105,7 +106,11 @@ def sample_latents(model, x, *, chains=4, warmup=500, samples=500, init=None, se
         raise ValueError(f"block_size must divide the {n_points} points, not {block_size!r}")
     pyro.set_rng_seed(seed)
     shape = (chains, n_points, dim)
-    with frozen(model), torch.no_grad():
+    # One intra-op thread on CPU: a sampler step is thousands of small ops, and torch's thread pool
+    # spins at every one; on the 2-core machine the default job took 261 s on 2 threads against 40 s
+    # on one while other processes ran (docs/nuts.md, "Threads").
+    threads = torch_threads(1) if x.device.type == "cpu" else contextlib.nullcontext()
+    with threads, frozen(model), torch.no_grad():
         if init is None:
             z0 = torch.rand(shape, device=x.device, dtype=x.dtype) * 4 - 2
         else:

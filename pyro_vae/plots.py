@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
-from torchvision.utils import make_grid, save_image
 
 from pyro_vae.files import atomic_path
 
@@ -31,6 +30,8 @@ def _as_images(rows, image_shape):
 
 def save_image_grid(path, rows, image_shape, nrow=8):
     """Flattened images in [0, 1] as one PNG grid, ``nrow`` per row."""
+    from torchvision.utils import make_grid, save_image  # here: importing torchvision costs a second or more
+
     grid = make_grid(_as_images(rows, image_shape), nrow=nrow, padding=1, pad_value=0.5)
     with atomic_path(path) as tmp:
         save_image(grid, tmp, format="png")

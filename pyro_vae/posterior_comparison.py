@@ -42,9 +42,13 @@ REFINE_LR, REFINE_PARTICLES = 0.05, 8
 
 
 def as_full_gaussian(q):
-    """A batch of MultivariateNormal with q's means and covariances."""
+    """A batch of MultivariateNormal with q's means and covariances (a flow's: moment-matched to
+    ``SUMMARY_DRAWS`` of its draws, as it has no closed-form ones)."""
     if isinstance(q, dist.MultivariateNormal):
         return q
+    if isinstance(q, torch.distributions.TransformedDistribution):
+        with torch.no_grad():
+            return moment_matched(q.sample((SUMMARY_DRAWS,)).unsqueeze(0))
     return dist.MultivariateNormal(q.mean, covariance_matrix=torch.diag_embed(q.variance))
 
 

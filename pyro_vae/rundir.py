@@ -110,7 +110,7 @@ def save_figures(out, model, guide, data, metrics):
     z_mean = guide_posterior(guide, x, fixed=plug_in_values(model, guide)).mean
     labels = None if data.test_y is None else data.test_y[:2000]
     plots.save_latent_scatter(out / "latent.png", flat_mean(z_mean), labels)
-    if data.image_shape is None:
+    if data.image_shape is None or not layout_of(model, x).continuous:  # a mixture: no decoder at a mean z
         return
     first = {name: value[:32] for name, value in z_mean.items()} if isinstance(z_mean, dict) else z_mean[:32]
     reconstruction = decoder_means(model, guide, x[:32], first)

@@ -37,7 +37,8 @@ def detached_sampling(fn):
 
 
 class NonReparam(Messenger):
-    """Unobserved per-point sample sites draw detached values (``has_rsample_(False)``).
+    """Unobserved per-point sample sites draw detached values (``has_rsample_(False)``); discrete
+    ones, never reparameterised, get the baseline too.
 
     ``baseline(msg)``, when given, returns the ``infer["baseline"]`` options
     of such a site for ``TraceGraph_ELBO``. Enter it *outside* any plate
@@ -50,9 +51,12 @@ class NonReparam(Messenger):
         self.baseline = baseline
 
     def _pyro_sample(self, msg):
-        if msg["is_observed"] or not is_per_point(msg) or not getattr(msg["fn"], "has_rsample", False):
+        if msg["is_observed"] or not is_per_point(msg):
             return
-        msg["fn"] = detached_sampling(msg["fn"])
+        if getattr(msg["fn"], "has_rsample", False):
+            msg["fn"] = detached_sampling(msg["fn"])
+        elif not msg["fn"].support.is_discrete:
+            return
         if self.baseline is not None:
             msg["infer"] = {**msg["infer"], "baseline": self.baseline(msg)}
 

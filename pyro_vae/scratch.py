@@ -2,7 +2,8 @@
 Welling 2013, figure 3): held-out log p(x) against training wall time.
 
 The amortized, mean-field (with its local refinement steps) and
-semi-amortized learners run the one SVI loop (``pyro_vae.fit_svi.setup`` and
+semi-amortized learners, and the amortized guide under each other objective
+(IWAE, DReG, reweighted wake-sleep, wake-sleep, score-function; ``--objectives``), run the one SVI loop (``pyro_vae.fit_svi.setup`` and
 ``train.train_epoch``) with the run's learning rates and batch size, each
 for ``--passes`` epochs or, with ``--budget``, for the same wall time;
 Monte Carlo EM (on at most 5000 training points) alternates NUTS draws with decoder
@@ -28,12 +29,16 @@ from pyro_vae.distributed import Cluster
 from pyro_vae.estimators import log_likelihood, mean_and_se
 from pyro_vae.local_fit import fit_local_posterior
 from pyro_vae.mcmc import monte_carlo_em
+from pyro_vae.mixture_methods import MIXTURE_LEARNERS, em_curve, has_closed_form
 from pyro_vae.plots import save_curves
 from pyro_vae.posteriors import as_posterior, guide_posterior
 from pyro_vae.fit_svi import setup
 from pyro_vae.train import train_epoch
 
 SVI_LEARNERS = ("amortized", "meanfield", "semi_amortized")
+# The other objectives (``pyro_vae.objectives``) train the amortized guide as learners of their own,
+# with ``ScratchSettings.particles`` importance samples per point where they take any.
+OBJECTIVES = ("iwae", "iwae-dreg", "rws", "wake-sleep", "score-function")
 MCEM_MAX_POINTS = 5000  # Monte Carlo EM samples every training point each round: beyond this it is unaffordable
 
 
@@ -51,6 +56,8 @@ class ScratchSettings:
     m_steps: int = 20
     mcem_warmup: int = 30
     mcem_samples: int = 10
+    objectives: tuple = OBJECTIVES
+    particles: int = 5
 
 
 def held_out_score(model, proposal, heldout, iwae_samples, seed):
@@ -107,19 +114,39 @@ def mcem_curve(config, data, heldout, settings, every, log):
     return curve
 
 
+def svi_learners(settings):
+    """name -> the FitConfig fields of each SVI learner: the three guides under the ELBO, then the
+    amortized guide under each of ``settings.objectives`` (score-function with its running-average
+    baseline)."""
+    learners = {name: {"guide": name} for name in SVI_LEARNERS}
+    for elbo in settings.objectives:
+        particles = settings.particles if elbo in ("iwae", "iwae-dreg", "rws") else 1
+        baseline = "average" if elbo == "score-function" else "none"
+        name = f"amortized-{elbo}" + (f"-K{particles}" if particles > 1 else "")
+        learners[name] = {"guide": "amortized", "elbo": elbo, "particles": particles, "baseline": baseline}
+    return learners
+
+
 def fit_from_scratch(config, settings, out, log=print):
     """Every learner on ``config``'s data; writes ``report.md``,
     ``report.json`` and ``scratch_curve.png`` into ``out``."""
     data = load_data(config, torch.device(config.device))
     heldout = data.test_x[: settings.subset]
     every = max(1, settings.passes // 5)
-    curves = {}
-    for name in SVI_LEARNERS:
+    curves, notes = {}, []
+    mixture = has_closed_form(config, data)  # a tractable posterior (gmm): EM and the mixture's learners
+    if mixture:
+        curves["em"] = em_curve(config, data, heldout, settings.passes, every, log)
+    learners = MIXTURE_LEARNERS if mixture else svi_learners(settings)
+    for name, fields in learners.items():
         learner = copy.deepcopy(config)
-        learner.guide, learner.out = name, str(out / name)
+        for key, value in fields.items():
+            setattr(learner, key, value)
+        learner.out = str(out / name)
         curves[name] = svi_curve(learner, heldout, settings.passes, every, settings.iwae_samples, log, settings.budget)
-    notes = []
-    if data.num_train <= MCEM_MAX_POINTS:
+    if mixture:
+        notes.append("em stops when an iteration gains less than 1e-7 nats per point")
+    elif data.num_train <= MCEM_MAX_POINTS:
         curves["mcem"] = mcem_curve(config, data, heldout, settings, every, log)
     else:
         notes.append(f"mcem skipped: NUTS over all {data.num_train} training points each round is unaffordable "
@@ -128,10 +155,12 @@ def fit_from_scratch(config, settings, out, log=print):
     title = f"{data.name}: {data.num_train} training points, latent dim {config.latent_dim}"
     save_curves(out / "scratch_curve.png", curves, title)
     lines = [f"# Learning the decoder from scratch: {title}, {settings.passes} passes", "",
-             f"Held-out log p(x) on {len(heldout)} test points, importance-weighted with K = {settings.iwae_samples} "
-             f"for every method.", "", "| method | held-out log p(x) | training seconds |", "|---|---|---|"]
+             f"Held-out log p(x) on {len(heldout)} test points, " + ("exact (the assignments summed out)" if mixture else
+                                                                  f"importance-weighted with K = {settings.iwae_samples}")
+             + " for every method.", "", "| method | held-out log p(x) | passes | training seconds |", "|---|---|---|---|"]
     for name, row in rows.items():
-        lines.append(f"| {name} | {row['log_likelihood']:.3f} ± {row['log_likelihood_se']:.3f} | {row['seconds']:.1f} |")
+        lines.append(f"| {name} | {row['log_likelihood']:.3f} ± {row['log_likelihood_se']:.3f} | {row['pass']} | "
+                     f"{row['seconds']:.3f} |")
     lines += [f"- {note}" for note in notes]
     report = "\n".join(lines) + "\n"
     results = {"fit_from_scratch": {"curves": curves, "final": rows, "num_train": data.num_train,

@@ -23,7 +23,7 @@ from pyro_vae.optim import Adam
 
 
 def make_svi(model, guide, lr, elbo="trace", local_lr=None, clip_norm=None, compile=False, particles=1,
-             baseline="none"):
+             baseline="none", temperature=None):
     """``SVI(model, guide, Adam(lr), ELBOS[elbo]())`` over a fresh param store;
     with ``compile``, its step recorded and compiled (``CompiledSVI``; "record":
     recorded, not compiled).
@@ -31,14 +31,15 @@ def make_svi(model, guide, lr, elbo="trace", local_lr=None, clip_norm=None, comp
     ``local_lr`` is the learning rate of per-datapoint parameters (sparse
     gradients); ``clip_norm`` clips the global gradient norm of the others.
     ``particles`` and ``baseline`` configure the objective
-    (``objectives.make_objective``: ``--particles``, ``--baseline``).
+    (``objectives.make_objective``: ``--particles``, ``--baseline``); ``temperature``, a
+    ``relaxed.Temperature``, the relaxed objectives' schedule.
 
     The param store is cleared because ``pyro.module`` returns a stored
     parameter of the same name rather than the module's own: a model built
     earlier in this process would otherwise shadow this one.
     """
     pyro.clear_param_store()
-    objective = make_objective(elbo, particles=particles, baseline=baseline)
+    objective = make_objective(elbo, particles=particles, baseline=baseline, temperature=temperature)
     svi = SVI(model, guide, Adam(lr, local_lr=local_lr, clip_norm=clip_norm), loss=objective)
     return CompiledSVI(svi, compile=compile != "record") if compile else svi
 

@@ -100,7 +100,9 @@ def test_fit_from_scratch_compares_three_learners(tmp_path):
     out.mkdir()
     results, out = fit_from_scratch(config, settings, out, log=lambda *a: None)
     scratch = results["fit_from_scratch"]
-    assert set(scratch["final"]) == {"amortized", "meanfield", "semi_amortized", "mcem"}
+    objectives = {"amortized-iwae-K5", "amortized-iwae-dreg-K5", "amortized-rws-K5", "amortized-wake-sleep",
+                  "amortized-score-function"}
+    assert set(scratch["final"]) == {"amortized", "meanfield", "semi_amortized", "mcem"} | objectives
     data = load_data(config, torch.device("cpu"))
     heldout = data.test_x[:30]
     pyro.set_rng_seed(config.seed)
@@ -119,8 +121,12 @@ def test_fit_from_scratch_compares_three_learners(tmp_path):
         # measured: amortized -21.5 -> -18.9, meanfield -20.2 -> -18.1, semi_amortized -20.4 -> -18.2,
         # mcem -17.6 -> -16.5; the standard errors over points are 0.4-1.3, shared by both passes
         assert lls[1] > lls[0] + 0.5, (name, lls)
-        assert lls[-1] > untrained + 4.0, (name, lls, untrained)
+        if name != "amortized-score-function":  # its noisy encoder gradient: -28.4 -> -24.8, still climbing
+            assert lls[-1] > untrained + 4.0, (name, lls, untrained)
         assert lls[-1] < ceiling, (name, lls, ceiling)
+    # what the reparameterisation trick buys: the same learner with the same steps learns a better decoder
+    final = scratch["final"]
+    assert final["amortized"]["log_likelihood"] > final["amortized-score-function"]["log_likelihood"] + 1.0
     assert scratch["final"]["mcem"] == scratch["curves"]["mcem"][-1]
     assert (out / "scratch_curve.png").stat().st_size > 0
     assert "| mcem |" in (out / "report.md").read_text()
@@ -131,10 +137,11 @@ def test_fit_from_scratch_under_a_wall_time_budget(tmp_path):
     the last one crossing it); Monte Carlo EM is skipped beyond 5000 points."""
     args = parser().parse_args(["--fit-from-scratch", "--dataset", "linear_gaussian", "--latent-dim", "2",
                                 "--num-train", "6000", "--budget", "1.5", "--hidden-dims", "16", "--subset", "20",
-                                "--iwae-samples", "20", "--out", str(tmp_path / "s"), "--no-progress"])
+                                "--iwae-samples", "20", "--objectives", "iwae", "--particles", "3", "--out", str(tmp_path / "s"),
+                                "--no-progress"])
     results, out = run_compare(args, log=lambda *a: None)
     scratch = results["fit_from_scratch"]
-    assert set(scratch["final"]) == {"amortized", "meanfield", "semi_amortized"}
+    assert set(scratch["final"]) == {"amortized", "meanfield", "semi_amortized", "amortized-iwae-K3"}
     assert any("mcem skipped" in note for note in scratch["notes"])
     for curve in scratch["curves"].values():
         assert curve[-1]["seconds"] >= 1.5 and all(c["seconds"] < 1.5 for c in curve[:-1])

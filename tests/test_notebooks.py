@@ -78,7 +78,7 @@ def output_texts(cell):
 
 def test_there_are_notebooks():
     assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_extending_models.ipynb",
-                                           "03_comparing_inference.ipynb"]
+                                           "03_comparing_inference.ipynb", "04_discrete_latents.ipynb"]
 
 
 def test_plotting_rule():
