@@ -81,17 +81,6 @@ class BernoulliLogits(dist.Bernoulli):
 
 
 @contextmanager
-def torch_threads(count):
-    """torch's intra-op thread count set to ``count`` inside, restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextmanager
 def frozen(model):
     """The model with its weights fixed: no gradients, and eval mode (in which
     ``pyro.module`` skips frozen weights instead of warning). Sampling or

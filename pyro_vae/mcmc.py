@@ -9,7 +9,6 @@ steps (Kingma & Welling 2013, section 5). The ``--inference nuts`` run is
 ``pyro_vae.fit_nuts``.
 """
 
-import contextlib
 import time
 from collections import OrderedDict
 from typing import NamedTuple
@@ -18,7 +17,7 @@ import arviz as az
 import pyro
 import torch
 
-from pyro_vae.building_blocks import frozen, torch_threads
+from pyro_vae.building_blocks import frozen
 from pyro_vae.config import SAMPLERS
 from pyro_vae.density import layout_of, log_density_for_sampler, unconstrained_terms
 from pyro_vae.infer.mcmc import chees, nuts
@@ -106,11 +105,7 @@ def sample_latents(model, x, *, chains=4, warmup=500, samples=500, init=None, se
         raise ValueError(f"block_size must divide the {n_points} points, not {block_size!r}")
     pyro.set_rng_seed(seed)
     shape = (chains, n_points, dim)
-    # One intra-op thread on CPU: a sampler step is thousands of small ops, and torch's thread pool
-    # spins at every one; on the 2-core machine the default job took 261 s on 2 threads against 40 s
-    # on one while other processes ran (docs/nuts.md, "Threads").
-    threads = torch_threads(1) if x.device.type == "cpu" else contextlib.nullcontext()
-    with threads, frozen(model), torch.no_grad():
+    with frozen(model), torch.no_grad():
         if init is None:
             z0 = torch.rand(shape, device=x.device, dtype=x.dtype) * 4 - 2
         else:
@@ -188,7 +183,7 @@ def monte_carlo_em(model, x, *, iterations, warmup, samples, m_steps, lr, seed=0
     Every E-step runs on one recording of the sampler's steps (the new
     weights are read in place); "auto" ``compile`` counts all the rounds.
     """
-    compile = resolve_compile(compile, iterations * (warmup + samples))
+    compile = resolve_compile(compile, iterations * (warmup + samples), x.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     init, history = None, []
     for iteration in range(1, iterations + 1):

@@ -40,16 +40,19 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_map
 
-# compile="auto" for the samplers compiles from this many chain-iterations on: on 2 CPU cores compiling
-# NUTS's three steps of a small model cost about 21 s in a fresh process (3 s with Inductor's disk cache)
-# and saved about 16 ms an iteration (docs/nuts.md)
+# compile="auto" for the samplers compiles on a GPU from this many chain-iterations on. On CPU it does not
+# compile: on 2 cores a tiny decoder (2-32-64) gained (21 s to compile, 16 ms an iteration saved), but the
+# default digits job (2-400-64, 4 x 100 points) ran slower compiled, 124 s with a warm Inductor cache and
+# 146 s cold against 100 s recorded (benchmarks/nuts_job.py, docs/nuts.md): there matmuls dominate
 AUTO_COMPILE_ITERATIONS = 1000
 
 
-def resolve_compile(compile, chain_iterations):
-    """``compile`` (True, False or "auto") as True or False for a sampler run of
-    ``chain_iterations`` in all: "auto" compiles from ``AUTO_COMPILE_ITERATIONS`` on."""
-    return chain_iterations >= AUTO_COMPILE_ITERATIONS if compile == "auto" else bool(compile)
+def resolve_compile(compile, chain_iterations, device):
+    """``compile`` (True, False or "auto") as True or False for a sampler run of ``chain_iterations``
+    in all on ``device``: "auto" compiles on CUDA from ``AUTO_COMPILE_ITERATIONS`` on, never on CPU."""
+    if compile != "auto":
+        return bool(compile)
+    return torch.device(device).type == "cuda" and chain_iterations >= AUTO_COMPILE_ITERATIONS
 
 
 def outputs_agree(outputs, expected, rtol=1e-4, atol=1e-4):

@@ -68,7 +68,7 @@ def test_default_comparison_runs_nuts_long_enough_to_converge(tmp_path, monkeypa
     documents (4 x (500 + 500) flagged its own reference on the default digits comparison, R-hat
     1.017): the sampler is called with them, the run records and stores that many draws, and on a
     small fixed problem they reach R-hat <= 1.01 with no warning."""
-    from pyro_vae import mcmc, posterior_comparison, recording
+    from pyro_vae import mcmc, posterior_comparison
 
     calls = []
     real = posterior_comparison.sample_latents
@@ -78,8 +78,6 @@ def test_default_comparison_runs_nuts_long_enough_to_converge(tmp_path, monkeypa
         return real(*args, **kwargs)
 
     monkeypatch.setattr(posterior_comparison, "sample_latents", spy)
-    # 8000 chain-iterations would compile the steps ("auto"); uncompiled costs less than a cold compile here
-    monkeypatch.setattr(recording, "AUTO_COMPILE_ITERATIONS", 10**9)
     args = compare_parser().parse_args(["--dataset", "linear_gaussian", "--epochs", "1", "--subset", "2",
                                         "--iwae-samples", "10", "--elbo-samples", "10", "--refine-steps", "1",
                                         "--no-progress", "--out", str(tmp_path / "c")])

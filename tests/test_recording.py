@@ -69,9 +69,10 @@ def test_a_failed_compilation_keeps_the_recording(monkeypatch):
 
 
 def test_auto_compiles_from_the_measured_break_even():
-    assert recording.resolve_compile("auto", recording.AUTO_COMPILE_ITERATIONS)
-    assert not recording.resolve_compile("auto", recording.AUTO_COMPILE_ITERATIONS - 1)
-    assert recording.resolve_compile(True, 1) and not recording.resolve_compile(False, 10**6)
+    assert recording.resolve_compile("auto", recording.AUTO_COMPILE_ITERATIONS, "cuda")
+    assert not recording.resolve_compile("auto", recording.AUTO_COMPILE_ITERATIONS - 1, "cuda")
+    assert not recording.resolve_compile("auto", 10**6, "cpu")  # measured slower at the default job's size
+    assert recording.resolve_compile(True, 1, "cpu") and not recording.resolve_compile(False, 10**6, "cuda")
 
 
 def test_the_pyro_names_compiled_svi_patches_exist_and_trace_elbo_uses_them():

@@ -166,7 +166,7 @@ def sample(log_density, init_z, chains, warmup=500, samples=500, seed=0, progres
     each (rows, samples): ``acceptance_rate`` (the Metropolis probability),
     ``n_steps``, ``diverging``, ``step_size``).
     """
-    compile = resolve_compile(compile, chains * (warmup + samples))
+    compile = resolve_compile(compile, chains * (warmup + samples), init_z.device)
     state = init(init_z, log_density)
     generator = torch.Generator(device=state.z.device)
     generator.manual_seed(seed)

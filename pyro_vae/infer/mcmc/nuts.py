@@ -130,7 +130,7 @@ def sample(log_density, init_z, warmup=500, samples=500, seed=0, max_tree_depth=
     iterations, each of shape (chains, samples): ``acceptance_rate``,
     ``tree_depth``, ``n_steps``, ``diverging``, ``energy``, ``step_size``).
     """
-    compile = resolve_compile(compile, len(init_z) * (warmup + samples))
+    compile = resolve_compile(compile, len(init_z) * (warmup + samples), init_z.device)
     state = init(init_z, log_density)
     kernel = build_kernel(log_density, state, seed, max_tree_depth, compile, recorded)
     with tqdm(total=warmup + samples, disable=not progress, desc="NUTS", unit="it") as bar:
