@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from pyro_vae.data import load_dataset
 from pyro_vae.registry import get_guide, get_model
 from pyro_vae.estimators import elbo_terms
-from pyro_vae.train import make_svi, train_epoch
+from pyro_vae.train import NonFiniteLoss, make_svi, train_epoch
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -150,15 +150,24 @@ def main():
         **{label: (lambda svi=svi: pyro_epoch(svi)) for label, (_, svi) in objective_pairs.items()},
     }
     times = {name: [] for name in trainers}
+    diverged = {}  # a trainer whose parameters went non-finite: its epoch and error, its times so far kept
     for epoch in range(1, args.epochs + 1):
         for name, run_epoch in trainers.items():
-            times[name].append(run_epoch())
-        print(f"epoch {epoch}: " + "  ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()))
+            if name in diverged:
+                continue
+            try:
+                times[name].append(run_epoch())
+            except (RuntimeError, ValueError, NonFiniteLoss) as error:
+                diverged[name] = f"diverged in epoch {epoch} ({str(error).splitlines()[0][:80]})"
+        print(f"epoch {epoch}: " + "  ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items() if t))
 
     elbos = {}
     for name, (trainer_model, trainer_guide) in [("pyro_vae", ours), ("pyro_vae compiled", ours_compiled),
                                                  ("stock_pyro", stock),
                                                  *((label, pair) for label, (pair, _) in objective_pairs.items())]:
+        if name in diverged:
+            elbos[name] = float("nan")
+            continue
         torch.manual_seed(args.seed + 1)
         pyro.clear_param_store()
         elbos[name] = elbo_terms(trainer_model, trainer_guide.posterior, data.test_x)[2].mean().item()
@@ -169,8 +178,12 @@ def main():
     print(f"\nmedians over epochs 2..{args.epochs} (the first, which compiles, apart)\n")
     print("| trainer | test ELBO | 1st epoch s | s / epoch | ratio to pytorch |\n|---|---|---|---|---|")
     for name in trainers:
+        if not times[name]:
+            print(f"| {name} | {diverged[name]} | - | - | - |")
+            continue
         median = statistics.median(times[name][1:] or times[name])
-        print(f"| {name} | {elbos[name]:.2f} | {times[name][0]:.2f} | {median:.3f} | {median / base:.2f} |")
+        note = f" ({diverged[name]})" if name in diverged else ""
+        print(f"| {name} | {elbos[name]:.2f}{note} | {times[name][0]:.2f} | {median:.3f} | {median / base:.2f} |")
     print(f"\n|test ELBO pyro_vae - pytorch| = {abs(elbos['pyro_vae'] - elbos['pytorch']):.2f} nats; "
           f"|pyro_vae compiled - pyro_vae| = {abs(elbos['pyro_vae compiled'] - elbos['pyro_vae']):.3f} nats "
           f"(same seed)")
