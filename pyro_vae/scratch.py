@@ -18,6 +18,7 @@ excluded from the wall time.
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyro
 import torch
@@ -86,7 +87,8 @@ def svi_curve(config, heldout, passes, every, iwae_samples, log, budget=None):
         proposal = lambda xb: guide_posterior(guide, xb, fixed=fixed)  # noqa: E731
         ll, se = held_out_score(model, proposal, heldout, iwae_samples, config.seed)
         curve.append({"pass": epoch, "seconds": seconds, "log_likelihood": ll, "log_likelihood_se": se})
-        log(f"{config.guide}: pass {epoch}, {seconds:.1f}s, held-out log p(x) {ll:.3f}")
+        name = Path(config.out).name if config.out else config.guide  # the learner's name: its output folder
+        log(f"{name}: pass {epoch}, {seconds:.1f}s, held-out log p(x) {ll:.3f}")
     return curve
 
 
