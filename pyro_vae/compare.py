@@ -42,9 +42,6 @@ from pyro_vae.family_gaps import compare_families, parse_families
 from pyro_vae.flows import FLOW_LAYERS, FLOWS
 
 ELLIPSE_POINTS = 6
-# NUTS defaults are fit's (MCMCSettings): 4 x (1000 + 1000) keeps R-hat under 1.01 on the default
-# comparison (100 digits points, 2-D latents); 4 x (500 + 500) reached 1.017.
-CHAINS, WARMUP, SAMPLES = MCMCSettings.chains, MCMCSettings.warmup, MCMCSettings.samples
 
 
 def parser():
@@ -67,9 +64,9 @@ def parser():
                    help="log p(x) of the gaps by AIS with T distributions from the NUTS proposal (default: "
                         "importance sampling with that proposal)")
     p.add_argument("--ais-chains", type=positive_int, default=16, metavar="K", help="AIS chains (default %(default)s)")
-    p.add_argument("--chains", type=positive_int, default=CHAINS, help="NUTS chains (default %(default)s)")
-    p.add_argument("--warmup", type=positive_int, default=WARMUP, help="NUTS warm-up steps (default %(default)s)")
-    p.add_argument("--samples", type=positive_int, default=SAMPLES, help="NUTS draws per chain (default %(default)s)")
+    p.add_argument("--chains", type=positive_int, default=MCMCSettings.chains, help="NUTS chains (default %(default)s)")
+    p.add_argument("--warmup", type=positive_int, default=MCMCSettings.warmup, help="NUTS warm-up steps (default %(default)s)")
+    p.add_argument("--samples", type=positive_int, default=MCMCSettings.samples, help="NUTS draws per chain (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--out", metavar="DIR", help="report directory (default runs/compare-<dataset>-<timestamp>)")
     families = p.add_argument_group("--families (the gaps of Cremer et al. per variational family)")

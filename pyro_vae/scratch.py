@@ -31,6 +31,7 @@ from pyro_vae.estimators import log_likelihood, mean_and_se
 from pyro_vae.local_fit import fit_local_posterior
 from pyro_vae.mcmc import monte_carlo_em
 from pyro_vae.mixture_methods import MIXTURE_LEARNERS, em_curve, has_closed_form
+from pyro_vae.objectives import WITH_BASELINE, WITH_PARTICLES
 from pyro_vae.plots import save_curves
 from pyro_vae.posteriors import as_posterior, guide_posterior
 from pyro_vae.fit_svi import setup
@@ -122,8 +123,8 @@ def svi_learners(settings):
     baseline)."""
     learners = {name: {"guide": name} for name in SVI_LEARNERS}
     for elbo in settings.objectives:
-        particles = settings.particles if elbo in ("iwae", "iwae-dreg", "rws") else 1
-        baseline = "average" if elbo == "score-function" else "none"
+        particles = settings.particles if elbo in WITH_PARTICLES else 1
+        baseline = "average" if elbo in WITH_BASELINE else "none"
         name = f"amortized-{elbo}" + (f"-K{particles}" if particles > 1 else "")
         learners[name] = {"guide": "amortized", "elbo": elbo, "particles": particles, "baseline": baseline}
     return learners
