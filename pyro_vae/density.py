@@ -312,6 +312,7 @@ def log_density_for_sampler(model, x, chains, fixed=None):
     gradient in u), the model's weights held fixed. The samplers record this function once (Pyro's
     bookkeeping is Python and leaves no operations in the recording); ``x`` and the weights are read
     at every call, so a recording follows them when they are changed in place."""
+    layout_of(model, x, fixed)  # found here, once: inside a recording its probe's operations would stay
 
     def log_density(u):
         u = u.detach().requires_grad_(True)

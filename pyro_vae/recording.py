@@ -30,6 +30,8 @@ Private torch API relied on, and why:
 - ``torch._inductor.config.fallback_random``: a compiled graph draws its
   random numbers as eager torch does, so a compiled SVI step can be checked
   against plain SVI at the same seed.
+- ``torch._inductor.config.cpp.vec_isa_ok``: trust the CPU's reported
+  vector instructions instead of test-compiling each (6 s on an empty cache).
 """
 
 import contextlib
@@ -40,19 +42,20 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_map
 
-# compile="auto" for the samplers compiles on a GPU from this many chain-iterations on. On CPU it does not
-# compile: on 2 cores a tiny decoder (2-32-64) gained (21 s to compile, 16 ms an iteration saved), but the
-# default digits job (2-400-64, 4 x 100 points) ran slower compiled, 124 s with a warm Inductor cache and
-# 146 s cold against 100 s recorded (benchmarks/nuts_job.py, docs/nuts.md): there matmuls dominate
-AUTO_COMPILE_ITERATIONS = 1000
+# compile="auto" for the samplers compiles from this many chain-iterations on, by device type. On 2 CPU
+# cores the default digits job (2-400-64, 4 chains x 100 points x 2,000 iterations) compiles in about 10 s
+# with an empty Inductor cache and then takes 0.8 ms a leapfrog step against 1.9 ms recorded: it pays
+# back after about 500 iterations of 4 chains (benchmarks/nuts_job.py, docs/nuts.md)
+AUTO_COMPILE_ITERATIONS = {"cuda": 1000, "cpu": 4000}
 
 
 def resolve_compile(compile, chain_iterations, device):
     """``compile`` (True, False or "auto") as True or False for a sampler run of ``chain_iterations``
-    in all on ``device``: "auto" compiles on CUDA from ``AUTO_COMPILE_ITERATIONS`` on, never on CPU."""
+    in all on ``device``: "auto" compiles from ``AUTO_COMPILE_ITERATIONS[device type]`` on."""
     if compile != "auto":
         return bool(compile)
-    return torch.device(device).type == "cuda" and chain_iterations >= AUTO_COMPILE_ITERATIONS
+    threshold = AUTO_COMPILE_ITERATIONS.get(torch.device(device).type)
+    return threshold is not None and chain_iterations >= threshold
 
 
 def outputs_agree(outputs, expected, rtol=1e-4, atol=1e-4):
@@ -74,7 +77,7 @@ def record(function, example, *, name, check=None, agrees=None, compile=False, s
         agrees = (lambda candidate: True) if check is None else (
             lambda candidate: outputs_agree(candidate(*check), function(*check)))
     try:
-        graph = make_fx(function)(*_distinct(example))
+        graph = _skinny_factors_column_major(make_fx(function)(*_distinct(example)))
         ok, reason = agrees(graph), "the recording disagrees with the Python"
     except Exception as error:  # noqa: BLE001 -- a model's own error reappears in the Python
         ok, reason = False, _first_line(error)
@@ -95,6 +98,31 @@ def record(function, example, *, name, check=None, agrees=None, compile=False, s
     return graph
 
 
+def _skinny_factors_column_major(graph):
+    """``graph`` with the right factor of every matrix product that has 2 to 8
+    columns copied to column-major order first.
+
+    Such products are the gradient in z of a decoder's first layer (the
+    upstream gradient (rows, hidden) times the weight (hidden, latent)), and
+    BLAS's sgemm takes a row-major factor of 2 to 8 columns three times
+    slower than the same factor column-major: 95 us against 30 us for (400,
+    400) @ (400, 2) on 2 cores, about a sixth of the digits decoder's
+    compiled log density and gradient. The copy is of hidden x latent numbers."""
+    aten = torch.ops.aten
+    for node in [n for n in graph.graph.nodes if n.target in (aten.mm.default, aten.addmm.default)]:
+        factor = node.args[-1]
+        value = factor.meta.get("val") if isinstance(factor, torch.fx.Node) else None
+        if not isinstance(value, torch.Tensor) or not 2 <= value.shape[-1] <= 8 or value.stride(-1) != 1:
+            continue
+        with graph.graph.inserting_before(node):
+            transposed = graph.graph.call_function(aten.t.default, (factor,))
+            copied = graph.graph.call_function(aten.clone.default, (transposed,),
+                                               {"memory_format": torch.contiguous_format})
+            node.args = (*node.args[:-1], graph.graph.call_function(aten.t.default, (copied,)))
+    graph.recompile()
+    return graph
+
+
 def _first_line(error):
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
@@ -107,7 +135,9 @@ def _compile(graph, example):
     with _quiet_cuda_probe():
         import torch._inductor.config  # here, not at the top: importing Inductor costs a second
 
-    with _quiet_cuda_probe(), torch._inductor.config.patch(fallback_random=True):
+    # cpp.vec_isa_ok: the vector instructions are those the CPU reports, without first compiling a test
+    # program for each (six C++ builds, 6 s of a first compile on the 2-core machine)
+    with _quiet_cuda_probe(), torch._inductor.config.patch({"fallback_random": True, "cpp.vec_isa_ok": True}):
         standalone = getattr(torch._inductor, "standalone_compile", None)
         if standalone is None:  # a torch release without it: the public entry point, guards and all
             compiled = torch.compile(graph, dynamic=False, fullgraph=True)

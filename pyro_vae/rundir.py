@@ -11,6 +11,7 @@
 Every file is written to a temporary name and renamed into place.
 """
 
+import importlib.metadata
 import json
 import platform
 from dataclasses import dataclass
@@ -54,10 +55,11 @@ def prepare_out(out, cluster=None):
 
 def versions():
     import numpy
-    import torchvision
 
+    # the installed version, read from its metadata: importing torchvision to ask costs two seconds
     return {"python": platform.python_version(), "pyro_vae": __version__, "pyro": pyro.__version__,
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__}
+            "torch": torch.__version__, "torchvision": importlib.metadata.version("torchvision"),
+            "numpy": numpy.__version__}
 
 
 def command_line():

@@ -70,3 +70,26 @@ def test_log_joint_terms_match_trace():
     log_lik, log_prior = log_joint_terms(model, x, trace.nodes["z"]["value"].unsqueeze(0))
     assert torch.allclose(log_lik[0], trace.nodes["x"]["log_prob"], atol=1e-5)
     assert torch.allclose(log_prior[0], trace.nodes["z"]["log_prob"], atol=1e-5)
+
+
+def test_softplus_is_torchs_with_its_gradient():
+    """building_blocks.softplus (the hidden activation, and the Bernoulli's log-normaliser) is
+    F.softplus to float rounding over the whole range, and so is its gradient, sigmoid."""
+    import torch.nn.functional as F
+
+    from pyro_vae.building_blocks import ACTIVATIONS, Softplus, softplus
+
+    x = torch.cat([torch.linspace(-120, 120, 2001), torch.tensor([0.0, -1e-8, 1e-8, 25.0])]).requires_grad_(True)
+    value = softplus(x)
+    (grad,) = torch.autograd.grad(value.sum(), x)
+    assert torch.allclose(value, F.softplus(x), rtol=1e-6, atol=2e-7)
+    assert torch.allclose(grad, torch.sigmoid(x), rtol=1e-6, atol=1e-7)
+    x64 = torch.randn(20, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(softplus, (x64,)) and torch.autograd.gradgradcheck(softplus, (x64,))
+    assert ACTIVATIONS["softplus"] is Softplus
+    # through a tensor subclass (TraceGraph_ELBO's provenance tracking) the gradient still flows
+    from pyro.ops.provenance import track_provenance
+
+    tracked = track_provenance(x, frozenset({"z"}))
+    (through,) = torch.autograd.grad(softplus(tracked).sum(), x)
+    assert torch.allclose(through, grad)

@@ -101,9 +101,8 @@ def test_checkpointed_uturn_checks_are_the_recursive_ones():
                                        3 * stale, yes, ~yes, zeros, zeros, ~yes)
             turned = torch.zeros(3, dtype=torch.bool)
             for leaf in range(2**depth):
-                store, check = trees.checkpoint_masks(leaf, 1, slots, z.device)
-                sub = trees.add_leaf(leapfrog, sub, zeros, zeros, inverse_mass, torch.full((3,), 0.5),
-                                            store[0], check[0])
+                store, check = trees.checkpoint_masks(leaf, slots, z.device)
+                sub = trees.add_leaf(leapfrog, sub, zeros, zeros, inverse_mass, torch.full((3,), 0.5), store, check)
                 turned |= sub.failed
                 sub = sub._replace(building=yes, failed=~yes)  # go on to the end to see every check
             assert torch.equal(turned, recursive_turning(momenta, inverse_mass))
@@ -132,8 +131,8 @@ def test_warmup_windows_are_stans():
 def test_recorded_steps_equal_the_python_ones():
     mean, _, log_density = gaussian_target(n_points=4)
     z = torch.randn(2, *mean.shape)
-    leaves, extend = trees.record_steps(log_density, z, slots=5)
-    assert isinstance(leaves[2], torch.fx.GraphModule)  # a recording, not the Python
+    leaf, extend = trees.record_steps(log_density, z, slots=5)
+    assert isinstance(leaf, torch.fx.GraphModule)  # a recording, not the Python
     g = torch.Generator().manual_seed(1)
     state = lambda: torch.randn(z.shape, generator=g)  # noqa: E731
     ckpt = torch.randn(5, *z.shape, generator=g)
@@ -141,10 +140,11 @@ def test_recorded_steps_equal_the_python_ones():
     sub = trees.Subtree(state(), state(), state(), state(), torch.randn(2), state(), torch.tensor([-1.0, 0.3]),
                                state(), ckpt, 2 * ckpt, 3 * ckpt, yes, ~yes, torch.ones(2), torch.ones(2), ~yes)
     inverse_mass = torch.eye(2).expand(2, 4, 2, 2).contiguous()
-    args = (*sub, torch.tensor([0.2, -0.3]), torch.tensor([3.0, -2.0]), inverse_mass, torch.rand(2, 2, generator=g),
-            *trees.checkpoint_masks(2, 2, 5, z.device))
-    for a, b in zip(leaves[2](*args), trees.AddLeaves(log_density, 2)(*args)):
-        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+    for leaf_number in (2, 3):  # a leaf that stores a checkpoint, and one that checks against it
+        args = (*sub, torch.tensor([0.2, -0.3]), torch.tensor([3.0, -2.0]), inverse_mass, torch.rand(2, generator=g),
+                *trees.checkpoint_masks(leaf_number, 5, z.device))
+        for a, b in zip(leaf(*args), trees.AddLeaf(log_density)(*args)):
+            assert torch.allclose(a.float(), b.float(), atol=1e-5)
     tree = trees.Tree(state(), state(), state(), state(), state(), state(), state(), torch.randn(2), state(),
                              torch.randn(2), state(), yes, torch.ones(2, dtype=torch.long), torch.ones(2),
                              torch.ones(2), ~yes)
@@ -169,8 +169,8 @@ def test_a_density_that_cannot_be_recorded_runs_in_python(failure):
 
     z = torch.zeros(1, *mean.shape)
     with pytest.warns(UserWarning, match="could not be recorded"):
-        leaves, _ = trees.record_steps(log_density, z, slots=3)
-    assert isinstance(leaves[1], trees.AddLeaves) and isinstance(leaves[2], trees.AddLeaves)
+        leaf, _ = trees.record_steps(log_density, z, slots=3)
+    assert isinstance(leaf, trees.AddLeaf)
     draws, _ = nuts.sample(gaussian, torch.zeros(1, *mean.shape), 30, 10, seed=0)
     with pytest.warns(UserWarning):
         same, _ = nuts.sample(log_density, torch.zeros(1, *mean.shape), 30, 10, seed=0)
@@ -225,12 +225,12 @@ def test_compiled_sampler_matches_the_gaussian():
     mean, covariance, log_density = gaussian_target(n_points=3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        leaves, extend = trees.record_steps(log_density, torch.zeros(2, *mean.shape), slots=4, compile=True)
+        leaf, extend = trees.record_steps(log_density, torch.zeros(2, *mean.shape), slots=4, compile=True)
         draws, stats = nuts.sample(log_density, torch.zeros(2, *mean.shape), 150, 300, seed=2, compile=True,
                                    max_tree_depth=4)
     assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
-    for compiled in (leaves[1], leaves[2], extend):  # compiled, not the recording or the Python
-        assert not isinstance(compiled, (torch.fx.GraphModule, trees.AddLeaves))
+    for compiled in (leaf, extend):  # compiled, not the recording or the Python
+        assert not isinstance(compiled, (torch.fx.GraphModule, trees.AddLeaf))
     flat = draws.reshape(-1, *mean.shape)
     idata = az.from_dict(posterior={"z": draws.numpy()})
     ess = torch.as_tensor(az.ess(idata)["z"].values)
@@ -252,8 +252,8 @@ def test_a_failed_compilation_runs_the_recording(monkeypatch):
 
     monkeypatch.setattr(torch._inductor, "standalone_compile", no_compiler)
     with pytest.warns(UserWarning, match="runs uncompiled: compiling failed \\(no C\\+\\+ compiler here\\)"):
-        leaves, extend = trees.record_steps(log_density, torch.zeros(1, *mean.shape), slots=3, compile=True)
-    assert isinstance(leaves[2], torch.fx.GraphModule) and isinstance(extend, torch.fx.GraphModule)
+        leaf, extend = trees.record_steps(log_density, torch.zeros(1, *mean.shape), slots=3, compile=True)
+    assert isinstance(leaf, torch.fx.GraphModule) and isinstance(extend, torch.fx.GraphModule)
 
 
 @pytest.mark.parametrize("compile", [False, True])

@@ -39,11 +39,11 @@ class NUTSInfo(NamedTuple):
 
 class Kernel(NamedTuple):
     """What a transition needs besides the state: the leapfrog (Python, for
-    the step-size heuristic), the recorded leaf steps and tree merge
+    the step-size heuristic), the recorded leaf step and tree merge
     (``trees.record_steps``), the random stream and the depth cap."""
 
     leapfrog: object
-    add_leaves: dict  # leaves a call -> the recorded step
+    add_leaf: object  # the recorded leaf step
     extend: object
     generator: torch.Generator
     max_tree_depth: int
@@ -98,11 +98,9 @@ def step(kernel, state, step_size, metric):
             break
         signed = step_size * (forward.to(z.dtype) * 2 - 1)
         uniforms = torch.rand(2**depth + 1, chains, generator=kernel.generator, **options)
-        for first in range(0, 2**depth, 2):
-            count = min(2, 2**depth)
-            sub = Subtree(*kernel.add_leaves[count](*sub, signed, energy0, metric.inverse_mass,
-                                                    uniforms[first:first + count],
-                                                    *checkpoint_masks(first, count, slots, z.device)))
+        for leaf in range(2**depth):
+            sub = Subtree(*kernel.add_leaf(*sub, signed, energy0, metric.inverse_mass, uniforms[leaf],
+                                           *checkpoint_masks(leaf, slots, z.device)))
             if not sub.building.any():
                 break
         next_forward = torch.rand(chains, generator=kernel.generator, **options) < 0.5

@@ -8,10 +8,9 @@ leaf is made (against checkpoints of its first leaf's momentum and running
 sum), and the subtree stops at its first U-turn or divergence and is then
 rejected. Subtrees merge by biased progressive sampling, and the tree stops
 at the generalised U-turn criterion (Betancourt 2017), as in Stan and NumPyro.
-The leaf step (leapfrog and bookkeeping, two leaves a call) and the merge
-are recorded once each and, with ``compile``, compiled
-(:func:`record_steps`): a transition is a Python loop over a handful of
-fused calls, whatever the depth. A chain whose tree has stopped takes steps
+The leaf step (leapfrog and bookkeeping) and the merge are recorded once
+each and, with ``compile``, compiled (:func:`record_steps`): a transition
+is a Python loop over one fused call per leaf and one per doubling. A chain whose tree has stopped takes steps
 of size zero until the batch's deepest tree is done.
 """
 
@@ -98,22 +97,21 @@ def open_subtree(tree, forward, checkpoints):
 
 
 @functools.lru_cache(maxsize=4096)
-def checkpoint_masks(first, count, slots, device):
-    """For leaves ``first`` .. ``first + count - 1`` of a subtree (numbered
-    from 0), which checkpoint slot each fills and which it checks against, as
-    boolean (count, slots) masks (NumPyro's ``_leaf_idx_to_ckpt_idxs``). An
-    even leaf opens sub-subtrees: it is stored in slot popcount(leaf // 2).
-    An odd leaf closes one balanced sub-subtree per trailing one bit of its
-    number, each begun at a stored leaf: slots popcount(leaf // 2) -
-    trailing + 1 .. popcount(leaf // 2)."""
-    store, check = torch.zeros(count, slots, dtype=torch.bool), torch.zeros(count, slots, dtype=torch.bool)
-    for i, leaf in enumerate(range(first, first + count)):
-        top = bin(leaf >> 1).count("1")
-        if leaf % 2 == 0:
-            store[i, top] = True
-        else:
-            trailing = (leaf ^ (leaf + 1)).bit_length() - 1
-            check[i, top - trailing + 1:top + 1] = True
+def checkpoint_masks(leaf, slots, device):
+    """For leaf number ``leaf`` of a subtree (from 0), which checkpoint slot
+    it fills and which it checks against, as boolean (slots,) masks
+    (NumPyro's ``_leaf_idx_to_ckpt_idxs``). An even leaf opens
+    sub-subtrees: it is stored in slot popcount(leaf // 2). An odd leaf
+    closes one balanced sub-subtree per trailing one bit of its number, each
+    begun at a stored leaf: slots popcount(leaf // 2) - trailing + 1 ..
+    popcount(leaf // 2)."""
+    store, check = torch.zeros(slots, dtype=torch.bool), torch.zeros(slots, dtype=torch.bool)
+    top = bin(leaf >> 1).count("1")
+    if leaf % 2 == 0:
+        store[top] = True
+    else:
+        trailing = (leaf ^ (leaf + 1)).bit_length() - 1
+        check[top - trailing + 1:top + 1] = True
     return store.to(device), check.to(device)
 
 
@@ -180,25 +178,19 @@ def extend_tree(tree, sub, forward, uniform, inverse_mass, next_forward):
     return tree, open_subtree(tree, next_forward, sub.checkpoint_r)
 
 
-class AddLeaves(torch.nn.Module):
-    """``count`` calls of :func:`add_leaf` in a row, with the leapfrog of
-    ``log_density``, over flat tensor arguments (a :class:`Subtree`'s
-    fields, then the step, H0, the metric, and per leaf the uniforms and the
-    checkpoint masks, each with a leading ``count`` axis): the form
-    ``recording.record`` takes. Two leaves a call halve the calls, and a U-turn
-    shows only at odd leaves anyway."""
+class AddLeaf(torch.nn.Module):
+    """:func:`add_leaf` with the leapfrog of ``log_density``, over flat
+    tensor arguments (a :class:`Subtree`'s fields, then the step, H0, the
+    metric, the uniform and the two checkpoint masks): the form
+    ``recording.record`` takes."""
 
-    def __init__(self, log_density, count):
+    def __init__(self, log_density):
         super().__init__()
         self.leapfrog = Leapfrog(log_density)
-        self.count = count
 
     def forward(self, *args):
         n = len(Subtree._fields)
-        sub, (step, energy0, inverse_mass, uniforms, stores, checks) = Subtree(*args[:n]), args[n:]
-        for i in range(self.count):
-            sub = add_leaf(self.leapfrog, sub, step, energy0, inverse_mass, uniforms[i], stores[i], checks[i])
-        return tuple(sub)
+        return tuple(add_leaf(self.leapfrog, Subtree(*args[:n]), *args[n:]))
 
 
 def _extend_flat(*args):
@@ -209,12 +201,11 @@ def _extend_flat(*args):
 
 
 def record_steps(log_density, z, slots, compile=False):
-    """({1: one leaf step, 2: two leaf steps}, tree merge): :class:`AddLeaves`
-    with the leapfrog of ``log_density`` and :func:`extend_tree`, each
-    recorded once (``recording.record``) at ``z``'s shapes (chains, N, L) with
-    ``slots`` checkpoints, the leaf steps checked against the Python at a
-    second point. Three graphs serve every leaf and every doubling of every
-    transition."""
+    """(leaf step, tree merge): :class:`AddLeaf` with the leapfrog of
+    ``log_density`` and :func:`extend_tree`, each recorded once
+    (``recording.record``) at ``z``'s shapes (chains, N, L) with ``slots``
+    checkpoints, the leaf step checked against the Python at a second point.
+    Two graphs serve every leaf and every doubling of every transition."""
     chains, n_points, dim = z.shape
     eye = torch.eye(dim, device=z.device, dtype=z.dtype).expand(chains, n_points, dim, dim).contiguous()
     scalar = torch.zeros(chains, device=z.device, dtype=z.dtype)
@@ -225,17 +216,13 @@ def record_steps(log_density, z, slots, compile=False):
         return Subtree(z, r, grad, z, scalar, grad, scalar - math.inf, r, ckpt, 2 * ckpt, 3 * ckpt, yes, ~yes, scalar,
                        scalar, ~yes)
 
-    leaves = {}
-    for count in (1, 2):
-        uniforms = torch.full((count, chains), 0.5, device=z.device, dtype=z.dtype)
-        example = (*subtree(z, torch.cos(3 * z), torch.zeros_like(z)), scalar + 0.1, scalar, eye, uniforms,
-                   *checkpoint_masks(0, count, slots, z.device))
-        check = (*subtree(z + 0.1, torch.sin(2 * z), torch.cos(z)), scalar - 0.2, scalar + 1, 2 * eye, 0.6 * uniforms,
-                 *checkpoint_masks(count, count, slots, z.device))
-        leaves[count] = record(AddLeaves(log_density, count).eval(), example, check=check, name="NUTS",
-                               compile=compile, stacklevel=5)
+    example = (*subtree(z, torch.cos(3 * z), torch.zeros_like(z)), scalar + 0.1, scalar, eye, scalar + 0.5,
+               *checkpoint_masks(0, slots, z.device))
+    check = (*subtree(z + 0.1, torch.sin(2 * z), torch.cos(z)), scalar - 0.2, scalar + 1, 2 * eye, scalar + 0.3,
+             *checkpoint_masks(3, slots, z.device))
+    leaf = record(AddLeaf(log_density).eval(), example, check=check, name="NUTS", compile=compile, stacklevel=5)
     r = torch.cos(3 * z)
     tree = Tree(z, r, z, z, r, z, z, scalar, z, scalar, r, yes, scalar.long(), scalar, scalar, ~yes)
     extend = record(_extend_flat, (*tree, *subtree(z, torch.cos(3 * z), z), yes, scalar + 0.5, eye, ~yes),
                     name="NUTS", compile=compile, stacklevel=5)
-    return leaves, extend
+    return leaf, extend
