@@ -37,9 +37,10 @@ class _Softplus(torch.autograd.Function):
 
 def softplus(x):
     """log(1 + e^x), elementwise (:class:`_Softplus`)."""
-    if torch.overrides.has_torch_function_unary(x):
+    if type(x) is not torch.Tensor:
         # a tensor subclass, such as the provenance tracking of Pyro's TraceGraph_ELBO: through it an
-        # autograd.Function's output loses its gradient (the decoder's first layer went untrained)
+        # autograd.Function's output loses its gradient (the decoder's first layer went untrained).
+        # Not torch.overrides.has_torch_function: that is also true inside make_fx's recording
         return F.softplus(x)
     return _Softplus.apply(x)
 

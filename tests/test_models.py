@@ -93,3 +93,9 @@ def test_softplus_is_torchs_with_its_gradient():
     tracked = track_provenance(x, frozenset({"z"}))
     (through,) = torch.autograd.grad(softplus(tracked).sum(), x)
     assert torch.allclose(through, grad)
+    # and a recording (make_fx, which the samplers compile) keeps the cheap form, not ATen's softplus
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    recorded = make_fx(lambda v: torch.autograd.grad(softplus(v).sum(), v))(x.detach().requires_grad_(True))
+    targets = {str(node.target) for node in recorded.graph.nodes}
+    assert "aten.softplus.default" not in targets and "aten.sigmoid.default" in targets
