@@ -10,7 +10,7 @@ second of total wall time). Rows added here, all through
 holding the same weights, torch on one thread (the tensors are small):
 
 - ``pyro_vae, recorded``: ``compile=False``, the sampler's steps (the
-  leaf step, two leaves a call, and the tree merge) recorded (``make_fx``)
+  leaf step and the tree merge) recorded (``make_fx``)
   and run uncompiled;
 - ``pyro_vae, compiled, 1st process``: ``compile=True`` in a fresh process
   with an empty Inductor cache (``TORCHINDUCTOR_CACHE_DIR``): the seconds
