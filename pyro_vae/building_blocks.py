@@ -7,8 +7,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.distributions.utils import broadcast_all
+from torch.nn import functional as F
 
 
 class _Softplus(torch.autograd.Function):

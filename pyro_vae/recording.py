@@ -43,9 +43,10 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_map
 
 # compile="auto" for the samplers compiles from this many chain-iterations on, by device type. On 2 CPU
-# cores the default digits job (2-400-64, 4 chains x 100 points x 2,000 iterations) compiles in about 10 s
-# with an empty Inductor cache and then takes 0.8 ms a leapfrog step against 1.9 ms recorded: it pays
-# back after about 500 iterations of 4 chains (benchmarks/nuts_job.py, docs/nuts.md)
+# cores the default digits job (2-400-64, 4 chains x 100 points x 2,000 iterations, about 18 leapfrog
+# steps an iteration) compiles in about 10 s with an empty Inductor cache, then takes 0.6 ms a leapfrog
+# step against 1.4 ms recorded: it pays back after about 700 iterations of 4 chains; the whole job took
+# 51 s compiled against 88 s recorded (benchmarks/nuts_job.py, docs/nuts.md)
 AUTO_COMPILE_ITERATIONS = {"cuda": 1000, "cpu": 4000}
 
 

@@ -152,8 +152,9 @@ def test_nuts_matches_quadrature_on_a_skewed_posterior():
     sd = exact.covariance.diagonal(dim1=-2, dim2=-1).sqrt()
     skewness = exact.third / sd**3
     assert skewness.abs().max(-1).values.min() > 1.0  # each point's posterior is far from Gaussian
-    draws, stats, _ = sample_latents(model, x, chains=4, warmup=200, samples=400, seed=0, compile=False)
-    assert draws.shape == (4, 400, 2, 2) and not stats["diverging"].any()
+    # 200 + 400 left R-hat between 1.009 and 1.057 over seeds 0-5 on this sharp posterior; 500 + 1000, 1.005-1.013
+    draws, stats, _ = sample_latents(model, x, chains=4, warmup=500, samples=1000, seed=0, compile=False)
+    assert draws.shape == (4, 1000, 2, 2) and not stats["diverging"].any()
     draws = draws.double()
     ess = torch.as_tensor(az.ess(az.from_dict(posterior={"z": draws.numpy()}))["z"].values)
     assert float(az.rhat(az.from_dict(posterior={"z": draws.numpy()}))["z"].max()) < 1.02

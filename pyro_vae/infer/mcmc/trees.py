@@ -10,8 +10,9 @@ rejected. Subtrees merge by biased progressive sampling, and the tree stops
 at the generalised U-turn criterion (Betancourt 2017), as in Stan and NumPyro.
 The leaf step (leapfrog and bookkeeping) and the merge are recorded once
 each and, with ``compile``, compiled (:func:`record_steps`): a transition
-is a Python loop over one fused call per leaf and one per doubling. A chain whose tree has stopped takes steps
-of size zero until the batch's deepest tree is done.
+is a Python loop over one fused call per leaf and one per doubling. A chain
+whose tree has stopped takes steps of size zero until the batch's deepest
+tree is done.
 """
 
 import functools
