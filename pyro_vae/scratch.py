@@ -74,6 +74,7 @@ def svi_curve(config, heldout, passes, every, iwae_samples, log, budget=None):
     pyro.set_rng_seed(config.seed)
     session = setup(config, Cluster(device_name=config.device))
     model, guide, curve, seconds, epoch = session.model, session.guide, [], 0.0, 0
+    name = Path(config.out).name if config.out else config.guide  # the learner's name: its output folder
     while (seconds < budget) if budget else (epoch < passes):
         epoch += 1
         model.train()
@@ -88,7 +89,6 @@ def svi_curve(config, heldout, passes, every, iwae_samples, log, budget=None):
         proposal = lambda xb: guide_posterior(guide, xb, fixed=fixed)  # noqa: E731
         ll, se = held_out_score(model, proposal, heldout, iwae_samples, config.seed)
         curve.append({"pass": epoch, "seconds": seconds, "log_likelihood": ll, "log_likelihood_se": se})
-        name = Path(config.out).name if config.out else config.guide  # the learner's name: its output folder
         log(f"{name}: pass {epoch}, {seconds:.1f}s, held-out log p(x) {ll:.3f}")
     return curve
 
