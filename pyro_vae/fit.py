@@ -276,7 +276,7 @@ def main(argv=None):
                   f"python -m pyro_vae.fit --resume {target}", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
     except NonFiniteLoss as error:
-        report("fit", f"non-finite loss ({error.loss}) at epoch {error.epoch}, step {error.step}; "
+        report("fit", f"non-finite {error.what} ({error.loss}) at epoch {error.epoch}, step {error.step}; "
                          f"{error.out}/checkpoint.pt still holds epoch {error.epoch - 1}. Likely causes: a learning "
                          f"rate too high (lower --lr, or --clip-norm 10), data outside the likelihood's support, "
                          f"or a scale collapsing to zero", status=1)

@@ -22,6 +22,7 @@ from pyro_vae import distributed
 from pyro_vae.assembly import build, load_data, resolve_device
 from pyro_vae.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pyro_vae.files import write_json
+from pyro_vae.objectives import load_objective_state, objective_state
 from pyro_vae.cli import UsageError
 from pyro_vae.config import learning_rate
 from pyro_vae.density import plug_in_values
@@ -90,6 +91,7 @@ def checkpoint_state(session, epoch, metrics):
         "model": session.model.state_dict(),
         "guide": session.guide.state_dict(),
         "optimizer": session.svi.optim.get_state(),
+        "objective": objective_state(session.svi),
         "rng": rng_state(),
         "epoch": epoch,
         "metrics": metrics,
@@ -130,6 +132,7 @@ def resume_svi(run_dir, epochs=None, progress=True, log=print, should_stop=None)
     try:
         session = setup(config, cluster, out)
         load_states(session.model, session.guide, state, out / "checkpoint.pt")
+        load_objective_state(session.svi, state.get("objective"))  # absent from older checkpoints
         session.svi.optim.set_state(state["optimizer"])
         set_rng_state(state["rng"])  # rank 0's: exact for one process
         if cluster.rank > 0:  # other ranks: their own noise, the same in every resume

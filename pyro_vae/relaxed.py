@@ -23,7 +23,7 @@ its gradient (through the soft y) is biased. Continuous latent sites of the same
 as ``Trace_ELBO``'s terms log p - log q at their reparameterised draws.
 
 The temperature is annealed over SVI steps t as Jang et al. do: tau_t = max(tau_min, tau_0 exp(-r t))
-(``--temperature`` tau_0, ``--min-temperature`` tau_min, ``--anneal-rate`` r). A resumed run restarts t.
+(``--temperature`` tau_0, ``--min-temperature`` tau_min, ``--anneal-rate`` r). A resumed run goes on from its t.
 """
 
 import math
@@ -98,6 +98,13 @@ class RelaxedELBO(ELBO):
     @property
     def temperature(self):
         return self.schedule.at(self.step)
+
+    def state_dict(self):
+        """What a checkpoint keeps: the step count, so that a resumed run's temperature goes on falling."""
+        return {"step": torch.tensor(self.step)}
+
+    def load_state_dict(self, state):
+        self.step = int(state["step"])
 
     def _get_trace(self, model, guide, args, kwargs):
         """(model_trace, guide_trace, {site: the discrete q it relaxed}): the guide under :class:`Relax`,

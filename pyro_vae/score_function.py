@@ -61,6 +61,11 @@ class NonReparam(Messenger):
             msg["infer"] = {**msg["infer"], "baseline": self.baseline(msg)}
 
 
+def baseline_network(data_dim):
+    """f of the learned baseline: data_dim -> 64 -> 1."""
+    return mlp([data_dim, 64, 1])
+
+
 class ScoreFunctionELBO(TraceGraph_ELBO):
     """The ELBO of ``Trace_ELBO``, its guide gradient by the score function (Williams 1992;
     Ranganath, Gerrish & Blei 2014): sum_i (log p(x_i, z_i) - log q(z_i | x_i) - b_i) grad log q(z_i | x_i),
@@ -92,6 +97,23 @@ class ScoreFunctionELBO(TraceGraph_ELBO):
         self.baseline, self.beta = baseline, beta
         self.average = None  # decaying average of the per-point ELBO (a tensor on the data's device)
         self.network = None  # the learned baseline f, built on the first minibatch
+        self.restored = False  # the network was loaded from a checkpoint and not yet moved to the data
+
+    def state_dict(self):
+        """What a checkpoint keeps of the baselines (tensors only): the running average and the
+        learned network's weights, so that a resumed run goes on from them."""
+        state = {} if self.average is None else {"average": self.average}
+        if self.network is not None:
+            state["network"] = self.network.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        self.average = state.get("average")
+        weights = state.get("network")
+        if weights is not None:
+            self.network = baseline_network(weights["0.weight"].shape[-1])
+            self.network.load_state_dict(weights)
+            self.restored = True
 
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = super()._get_trace(model, self.wrap(guide), args, kwargs)
@@ -102,8 +124,9 @@ class ScoreFunctionELBO(TraceGraph_ELBO):
         def guide_with_baselines(x, *args, **kwargs):
             options = None
             if self.baseline == "learned":
-                if self.network is None:
-                    self.network = mlp([x.shape[-1], 64, 1]).to(x.device)
+                if self.network is None or self.restored:  # built here, or restored: moved where the data is
+                    self.network = (self.network or baseline_network(x.shape[-1])).to(x.device)
+                    self.restored = False
                 pyro.module(BASELINE_MODULE, self.network)
                 options = lambda msg: {"nn_baseline": lambda inputs: self.learned(msg, inputs),  # noqa: E731
                                        "nn_baseline_input": x}

@@ -48,11 +48,17 @@ READ_EVERY = 50  # steps between reads of the losses on the host (a NaN is caugh
 
 
 class NonFiniteLoss(Exception):
-    """An SVI step returned a NaN or infinite loss."""
+    """An SVI step returned a NaN or infinite loss (``what`` "loss"), or left the parameters
+    non-finite ("parameters", ``loss`` nan)."""
 
-    def __init__(self, step, loss):
-        super().__init__(f"step {step}: loss {loss}")
-        self.step, self.loss = step, loss
+    def __init__(self, step, loss, what="loss"):
+        super().__init__(f"step {step}: {what} {loss}")
+        self.step, self.loss, self.what = step, loss, what
+
+
+def parameters_finite():
+    """Whether every parameter in Pyro's param store is finite."""
+    return all(bool(torch.isfinite(p).all()) for p in pyro.get_param_store().values())
 
 
 class Interrupted(Exception):
@@ -98,7 +104,14 @@ def train_epoch(svi, data, batch_size, progress=True, description="train", shoul
             if cluster.active:
                 svi.optim.before_step = lambda params: cluster.reduce_gradients(params, weight)
             with pyro.validation_enabled(validate and step == 1):
-                loss = svi.step(data.train_batch(idx), idx, num_data)
+                try:
+                    loss = svi.step(data.train_batch(idx), idx, num_data)
+                except ValueError:
+                    # a validated step checks the distributions' arguments before any loss exists: parameters
+                    # gone non-finite fail that check
+                    if parameters_finite():
+                        raise
+                    raise NonFiniteLoss(step, math.nan, "parameters") from None
             stop = should_stop is not None and should_stop()
             if cluster.active:  # every rank sees the same loss and stops at the same step
                 reduced = cluster.sum(torch.tensor([float(loss) * weight, float(stop)], dtype=torch.float64))
@@ -111,6 +124,8 @@ def train_epoch(svi, data, batch_size, progress=True, description="train", shoul
                 bar.set_postfix(elbo=f"{total.item() / (step * batch_size):.2f}", refresh=False)
             if stop:
                 raise Interrupted()
+    if not parameters_finite():  # the last step's loss was finite, its update was not
+        raise NonFiniteLoss(len(batches), math.nan, "parameters")
     return total.item() / sum(len(b) for b in batches), time.perf_counter() - start
 
 

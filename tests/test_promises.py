@@ -66,7 +66,11 @@ def assert_same_run(dir_a, dir_b, exact=True):
     {"bayesian_decoder": True},
     {"lr_schedule": "burda", "lr": 1e-2},  # the rate drops from epoch 2 on: the resumed epoch must use it
     {"compile": "on"},
-], ids=["semi_amortized", "bayesian_decoder", "lr_schedule_burda", "compile_on"])
+    {"elbo": "score-function", "baseline": "learned"},  # the baseline's network and running average go on
+    {"model": "categorical_mlp", "guide": "categorical_mlp", "latent_dim": 2, "elbo": "relaxed",
+     "anneal_rate": 0.05},  # the temperature goes on falling: 0.95 at step 1 after a resume, not 1.0
+], ids=["semi_amortized", "bayesian_decoder", "lr_schedule_burda", "compile_on", "learned_baseline",
+        "relaxed_temperature"])
 def test_stopped_and_resumed_equals_straight_through(tmp_path, settings):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -123,6 +123,46 @@ def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, capsys, monkeypatch
     assert f"non-finite loss (nan) at epoch {epoch}, step {step};" in err and "--lr" in err and "Traceback" not in err
 
 
+def test_parameters_gone_non_finite_stop_as_a_non_finite_loss():
+    """Parameters that the last step of an epoch made non-finite fail the distributions' argument
+    check at the next epoch's first (validated) step, before any loss exists: that is reported as
+    the non-finite loss it is, not as the ValueError of a constraint check (a traceback from fit)."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    data = load_dataset("digits", num_train=256)
+    model, guide = build(FitConfig(hidden_dims=(16,)), data)
+    svi = make_svi(model, guide, 1e-3)
+    train_epoch(svi, data, 64, progress=False)
+    with torch.no_grad():
+        next(guide.parameters()).fill_(math.nan)
+    with pytest.raises(NonFiniteLoss) as info, pyro.validation_enabled(True):
+        train_epoch(svi, data, 64, progress=False)
+    assert (info.value.step, info.value.what) == (1, "parameters") and math.isnan(info.value.loss)
+
+
+def test_an_epoch_whose_last_update_is_not_finite_stops_before_it_is_scored_or_saved():
+    """The last step's loss is finite but its update is not: the epoch ends with NonFiniteLoss
+    naming that step, before the held-out score (whose argument checks would raise) and the checkpoint."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    data = load_dataset("digits", num_train=256)
+    model, guide = build(FitConfig(hidden_dims=(16,)), data)
+    svi = make_svi(model, guide, 1e-3)
+    adam_step, calls = torch.optim.Adam.step, []
+
+    def poisoned_last_step(optimizer, *args, **kwargs):
+        result = adam_step(optimizer, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 4:  # 256 rows in batches of 64
+            with torch.no_grad():
+                optimizer.param_groups[0]["params"][0].fill_(math.nan)
+        return result
+
+    with mock.patch.object(torch.optim.Adam, "step", poisoned_last_step), pytest.raises(NonFiniteLoss) as info:
+        train_epoch(svi, data, 64, progress=False)
+    assert (info.value.step, info.value.what) == (4, "parameters")
+
+
 def _gradient_norms_at_step(clip_norm):
     """The global gradient norm the dense Adam sees at each step of one epoch."""
     pyro.set_rng_seed(0)
