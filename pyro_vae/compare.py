@@ -31,7 +31,7 @@ from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, import_user_mod
                           report_out_of_memory)
 from pyro_vae.posterior_comparison import (METHODS, compare_posteriors, format_report, gaussian_summary,
                                            posterior_idata)
-from pyro_vae.config import EvaluationSettings, FitConfig, MCMCSettings
+from pyro_vae.config import EvaluationSettings, FitConfig, MCMCSettings, add_mixture_arguments
 from pyro_vae.data import DATASETS, DataError
 from pyro_vae.density import layout_of, observation, plug_in_values
 from pyro_vae.discrete_comparison import compare_discrete, format_discrete_report, is_discrete_run
@@ -52,6 +52,7 @@ def parser():
     p.add_argument("--model", help="generative model when training (default: the dataset's)")
     p.add_argument("--latent-dim", type=positive_int,
                    help="latent dimension when training (default 2; 3 with --fit-from-scratch)")
+    add_mixture_arguments(p)
     p.add_argument("--epochs", type=positive_int, default=100, help="epochs when training (default %(default)s)")
     p.add_argument("--subset", type=positive_int, default=100,
                    help="held-out points to compare on (also the held-out set of --fit-from-scratch) (default %(default)s)")
@@ -100,6 +101,13 @@ def parser():
     return p
 
 
+def model_config(args, **settings):
+    """The :class:`FitConfig` of a model that compare trains: the data and model flags, then ``settings``."""
+    return FitConfig(dataset=args.dataset or "digits", data_dir=args.data_dir, model=args.model,
+                     num_components=args.num_components, covariance=args.covariance, categories=args.categories,
+                     seed=args.seed, device="cpu", **settings)
+
+
 def decoder_and_encoder(args, out, log):
     """The run whose decoder is held fixed: ``--run``, or one trained now."""
     if args.run:
@@ -109,9 +117,8 @@ def decoder_and_encoder(args, out, log):
         if not getattr(run.guide, "amortized", False):
             raise UsageError(f"--run {args.run} used --guide {run.config.guide}; the comparison needs an amortized run")
         return run.model, run.guide, run.data, args.run
-    config = FitConfig(dataset=args.dataset or "digits", data_dir=args.data_dir, model=args.model,
-                       latent_dim=args.latent_dim or 2, epochs=args.epochs, seed=args.seed, device="cpu",
-                       out=str(out / "amortized-run"), evaluation=EvaluationSettings(iwae_samples=100))
+    config = model_config(args, latent_dim=args.latent_dim or 2, epochs=args.epochs, out=str(out / "amortized-run"),
+                          evaluation=EvaluationSettings(iwae_samples=100))
     config.validate()
     result = fit_svi(config, progress=args.progress, log=log)
     return result.model, result.guide, result.data, config.out
@@ -151,10 +158,8 @@ def run_families(args, out, log):
     families = parse_families(args.families)
     if args.run:
         raise UsageError("--families trains a model per family; it takes no --run")
-    base = FitConfig(dataset=args.dataset or "digits", data_dir=args.data_dir, model=args.model,
-                     latent_dim=args.latent_dim or 2, hidden_dims=args.hidden_dims, epochs=args.epochs, seed=args.seed,
-                     device="cpu", flow=args.flow, flow_layers=args.flow_layers,
-                     evaluation=EvaluationSettings(iwae_samples=100))
+    base = model_config(args, latent_dim=args.latent_dim or 2, hidden_dims=args.hidden_dims, epochs=args.epochs,
+                        flow=args.flow, flow_layers=args.flow_layers, evaluation=EvaluationSettings(iwae_samples=100))
     base.validate()
     rows = compare_families(base, families, out, subset=args.subset, nuts=(args.chains, args.warmup, args.samples),
                             seed=args.seed, progress=args.progress, log=log, elbo_samples=args.elbo_samples,
@@ -179,9 +184,8 @@ def run_compare(args, log=print):
     import_user_modules(args.imports)
     out = prepare_out(args.out or f"runs/compare-{args.dataset or 'digits'}-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.fit_from_scratch:
-        config = FitConfig(dataset=args.dataset or "digits", data_dir=args.data_dir, model=args.model,
-                           latent_dim=args.latent_dim or 3, hidden_dims=args.hidden_dims, num_train=args.num_train,
-                           seed=args.seed, device="cpu")
+        config = model_config(args, latent_dim=args.latent_dim or 3, hidden_dims=args.hidden_dims,
+                              num_train=args.num_train)
         settings = ScratchSettings(passes=args.passes, budget=args.budget, subset=args.subset,
                                    iwae_samples=args.iwae_samples, m_steps=args.m_steps,
                                    mcem_warmup=args.mcem_warmup, mcem_samples=args.mcem_samples,

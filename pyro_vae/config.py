@@ -15,7 +15,7 @@ every point in one NUTS block, a run directory named after the run.
 from dataclasses import asdict, dataclass, field, fields
 
 from pyro_vae.building_blocks import ACTIVATIONS
-from pyro_vae.cli import UsageError
+from pyro_vae.cli import UsageError, positive_int
 from pyro_vae.data import BINARIZE_MODES
 from pyro_vae.flows import FLOWS
 from pyro_vae.objectives import ELBOS, objective_problem
@@ -211,3 +211,15 @@ class FitConfig:
                 group, name = key.split(".", 1)
                 grouped.setdefault(group, {})[name] = value
         return cls.from_dict({**top, **grouped})
+
+
+def add_mixture_arguments(p, d=None):
+    """The flags of a mixture model (``gmm``) and of ``categorical_mlp`` on the parser ``p`` (defaults
+    from the :class:`FitConfig` ``d``), passed to the models that declare them (``assembly.model_options``)."""
+    d = d or FitConfig()
+    p.add_argument("--num-components", type=int, metavar="K",
+                   help="mixture components of --model gmm (default 3)")
+    p.add_argument("--covariance", choices=COVARIANCES, default=d.covariance,
+                   help="--model gmm's component covariances: diag or full (default %(default)s)")
+    p.add_argument("--categories", type=positive_int, metavar="K",
+                   help="classes of each of the --latent-dim one-hot latents of --model categorical_mlp (default 10)")

@@ -25,8 +25,8 @@ from pyro_vae.building_blocks import ACTIVATIONS
 from pyro_vae.checkpoint import CheckpointError
 from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, int_list, nonnegative_int, positive_float,
                           positive_int, report_out_of_memory)
-from pyro_vae.config import (COMPILE_MODES, COVARIANCES, INFERENCE, LR_SCHEDULES, NUTS_MODES, SAMPLERS, EvaluationSettings,
-                             FitConfig, MCMCSettings)
+from pyro_vae.config import (COMPILE_MODES, INFERENCE, LR_SCHEDULES, NUTS_MODES, SAMPLERS, EvaluationSettings,
+                             FitConfig, MCMCSettings, add_mixture_arguments)
 from pyro_vae.data import BINARIZE_MODES, DATASETS, DataError
 from pyro_vae.fit_em import fit_em
 from pyro_vae.fit_nuts import fit_nuts
@@ -70,16 +70,6 @@ def fit(config, progress=True, log=print, should_stop=None):
 def resume(run_dir, epochs=None, progress=True, log=print, should_stop=None):
     """Continue the SVI run in ``run_dir`` (see ``pyro_vae.fit_svi.resume_svi``)."""
     return resume_svi(run_dir, epochs, progress, log, should_stop)
-
-
-def add_mixture_arguments(p, d):
-    """The settings of a mixture model (``gmm``) and of ``categorical_mlp``, passed to models that declare them."""
-    p.add_argument("--num-components", type=int, metavar="K",
-                   help="mixture components of --model gmm (default 3)")
-    p.add_argument("--covariance", choices=COVARIANCES, default=d.covariance,
-                   help="--model gmm's component covariances: diag or full (default %(default)s)")
-    p.add_argument("--categories", type=positive_int, metavar="K",
-                   help="classes of each of the --latent-dim one-hot latents of --model categorical_mlp (default 10)")
 
 
 def add_flow_arguments(p):

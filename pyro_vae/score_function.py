@@ -57,6 +57,8 @@ class NonReparam(Messenger):
             msg["fn"] = detached_sampling(msg["fn"])
         elif not msg["fn"].support.is_discrete:
             return
+        # drawn here, not summed: a guide's enumerate mark (for --elbo enum) would make TraceGraph_ELBO warn
+        msg["infer"] = {key: value for key, value in msg["infer"].items() if key != "enumerate"}
         if self.baseline is not None:
             msg["infer"] = {**msg["infer"], "baseline": self.baseline(msg)}
 

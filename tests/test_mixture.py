@@ -4,6 +4,7 @@ program reaching EM's optimum; evaluate and compare on it; its bad inputs."""
 import itertools
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -163,3 +164,24 @@ def test_compare_fits_the_mixture_by_every_method(tmp_path):
     assert final["em"]["seconds"] < min(row["seconds"] for name, row in final.items() if name != "em")
     assert final["em"]["log_likelihood"] >= max(row["log_likelihood"] for row in final.values()) - 0.05
     assert "| em |" in (out / "report.md").read_text()
+
+
+def test_compare_sizes_the_mixture_it_fits(tmp_path, capsys):
+    """compare takes fit's --num-components and --covariance: every method's run is of that model,
+    without warnings about enumeration, and a size the model does not have is one line with status 2."""
+    out = tmp_path / "compare"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compare.run_compare(compare.parser().parse_args(
+            ["--fit-from-scratch", "--dataset", "gmm_synthetic", "--num-train", "100", "--passes", "1", "--subset",
+             "20", "--num-components", "2", "--covariance", "full", "--out", str(out), "--no-progress"]),
+            log=lambda *a: None)
+    # the score-function method draws the assignment its guide marks for enumeration: no warning about the mark
+    assert not [str(w.message) for w in caught if "enumerat" in str(w.message)]
+    configs = [json.loads(path.read_text()) for path in out.glob("*/config.json")]
+    assert len(configs) == 4  # enum, meanfield_vb, rws, score_function (EM writes no run)
+    assert all((c["model"], c["num_components"], c["covariance"]) == ("gmm", 2, "full") for c in configs)
+    with pytest.raises(SystemExit) as stop:
+        compare.main(["--fit-from-scratch", "--num-components", "4", "--out", str(tmp_path / "bad"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1 and "has no num components" in err, err
