@@ -62,6 +62,12 @@ def int_list(text):
     return values
 
 
+def names_in(text, choices):
+    """A comma-separated list of names -> (the names as a tuple, those of them not in ``choices``)."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    return names, [name for name in names if name not in choices]
+
+
 def import_user_modules(modules):
     """Import modules that register models, guides or datasets of their own."""
     for name in modules or ():

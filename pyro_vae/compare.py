@@ -27,8 +27,8 @@ from pyro_vae import plots
 from pyro_vae.assembly import resolve_device
 from pyro_vae.checkpoint import CheckpointError
 from pyro_vae.files import atomic_path, write_json, write_text
-from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, import_user_modules, int_list, positive_float, positive_int,
-                          report_out_of_memory)
+from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, import_user_modules, int_list, names_in, positive_float,
+                          positive_int, report_out_of_memory)
 from pyro_vae.posterior_comparison import (METHODS, compare_posteriors, format_report, gaussian_summary,
                                            posterior_idata)
 from pyro_vae.config import EvaluationSettings, FitConfig, MCMCSettings, add_mixture_arguments
@@ -172,8 +172,7 @@ def objective_list(text):
     """--objectives: a comma-separated list of pyro_vae.scratch.OBJECTIVES, or "none"."""
     if isinstance(text, tuple):
         return text
-    names = () if text == "none" else tuple(name.strip() for name in text.split(","))
-    unknown = [name for name in names if name not in OBJECTIVES]
+    names, unknown = ((), []) if text == "none" else names_in(text, OBJECTIVES)
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown objective(s) {', '.join(unknown)}; choose from "
                                          f"{', '.join(OBJECTIVES)} or none")

@@ -27,7 +27,7 @@ import pyro.distributions as dist
 import torch
 from matplotlib.figure import Figure
 
-from pyro_vae.cli import UsageError
+from pyro_vae.cli import UsageError, names_in
 from pyro_vae.density import layout_of
 from pyro_vae.estimators import elbo_terms, log_likelihood, mean_and_se
 from pyro_vae.files import atomic_path, write_json, write_text
@@ -45,8 +45,7 @@ from pyro_vae.rundir import load_run
 
 def parse_families(text):
     """``ffg,full_rank,flow`` -> a tuple of family names; UsageError naming an unknown one."""
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in FAMILIES]
+    names, unknown = names_in(text, FAMILIES)
     if unknown or not names:
         raise UsageError(f"--families: unknown family {', '.join(map(repr, unknown)) or repr(text)}; "
                          f"choose from {', '.join(FAMILIES)}")
