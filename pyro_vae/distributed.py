@@ -3,7 +3,7 @@
     torchrun --standalone --nproc_per_node 2 -m pyro_vae.fit --guide amortized ...
 
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous
-variables; :func:`start` joins the process group (NCCL on GPUs, Gloo on
+variables; :func:`joined` joins the process group (NCCL on GPUs, Gloo on
 CPUs). Every rank holds the whole dataset and the same model and guide; each
 epoch rank 0 broadcasts one permutation, each global minibatch of
 ``--batch-size`` rows is cut into one disjoint shard per rank, and every rank
@@ -27,6 +27,7 @@ and all ranks agree on all rows. Only rank 0 writes the run directory.
 """
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -134,9 +135,24 @@ def start(device_name="auto"):
 
 
 def stop(cluster):
-    """Leave the process group, once every rank has come here: a rank that tore its Gloo connections
-    down while rank 0 still evaluated and wrote the run was aborted at exit ("terminate called without
-    an active exception"), about one run in ten."""
+    if cluster.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextmanager
+def joined(device_name="auto"):
+    """This process's :class:`Cluster` (:func:`start`) for the ``with`` block, the process group left
+    after it. A block that ends normally first meets the other ranks at a barrier: a rank that tore
+    its Gloo connections down while rank 0 still evaluated and wrote the run was aborted at exit
+    ("terminate called without an active exception"), about one run in ten. One that raises leaves
+    at once: its barrier could pair with another rank's pending collective and hang, while torchrun
+    stops the other ranks when one fails."""
+    cluster = start(device_name)
+    try:
+        yield cluster
+    except BaseException:
+        stop(cluster)
+        raise
     if cluster.active and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+    stop(cluster)

@@ -101,8 +101,7 @@ def checkpoint_state(session, epoch, metrics):
 
 def fit_svi(config, progress=True, log=print, should_stop=None):
     """Train ``config.model`` with ``config.guide`` by SVI from scratch; see the module docstring."""
-    cluster = distributed.start(config.device)
-    try:
+    with distributed.joined(config.device) as cluster:
         pyro.set_rng_seed(config.seed + cluster.rank)  # ranks draw different noise
         session = setup(config, cluster)
         if cluster.is_main:
@@ -110,8 +109,6 @@ def fit_svi(config, progress=True, log=print, should_stop=None):
             # its first epoch can be resumed
             save_checkpoint(session.out / "checkpoint.pt", checkpoint_state(session, 0, []))
         return train_epochs(session, 0, [], progress, log, should_stop)
-    finally:
-        distributed.stop(cluster)
 
 
 def resume_svi(run_dir, epochs=None, progress=True, log=print, should_stop=None):
@@ -128,8 +125,7 @@ def resume_svi(run_dir, epochs=None, progress=True, log=print, should_stop=None)
         config.validate()
     if state["epoch"] >= config.epochs:
         raise UsageError(f"{out} already ran {state['epoch']} of {config.epochs} epochs; pass --epochs N to extend it")
-    cluster = distributed.start(config.device)
-    try:
+    with distributed.joined(config.device) as cluster:
         session = setup(config, cluster, out)
         load_states(session.model, session.guide, state, out / "checkpoint.pt")
         load_objective_state(session.svi, state.get("objective"))  # absent from older checkpoints
@@ -139,8 +135,6 @@ def resume_svi(run_dir, epochs=None, progress=True, log=print, should_stop=None)
             pyro.set_rng_seed(config.seed + cluster.rank + 7919 * state["epoch"])
         log(f"resuming {out} after epoch {state['epoch']} of {config.epochs}")
         return train_epochs(session, state["epoch"], state["metrics"], progress, log, should_stop)
-    finally:
-        distributed.stop(cluster)
 
 
 def held_out_elbo(session, epoch):
