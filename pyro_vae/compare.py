@@ -173,8 +173,8 @@ def objective_list(text):
     if isinstance(text, tuple):
         return text
     names, unknown = ((), []) if text == "none" else names_in(text, OBJECTIVES)
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown objective(s) {', '.join(unknown)}; choose from "
+    if unknown or not (names or text == "none"):
+        raise argparse.ArgumentTypeError(f"unknown objective(s) {', '.join(unknown) or repr(text)}; choose from "
                                          f"{', '.join(OBJECTIVES)} or none")
     return names
 

@@ -29,9 +29,15 @@ and all ranks agree on all rows. Only rank 0 writes the run directory.
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+# How long a rank waits in a collective: the other ranks wait at the closing barrier while rank 0
+# alone scores the last epoch and writes the run (figures, the IWAE bound), which can outlast
+# torch's defaults (10 minutes under NCCL, 30 under Gloo)
+COLLECTIVE_TIMEOUT = timedelta(hours=6)
 
 
 @dataclass
@@ -130,7 +136,7 @@ def start(device_name="auto"):
     else:
         device_name = "cpu"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return Cluster(rank, world_size, local_rank, device_name)
 
 
@@ -141,18 +147,20 @@ def stop(cluster):
 
 @contextmanager
 def joined(device_name="auto"):
-    """This process's :class:`Cluster` (:func:`start`) for the ``with`` block, the process group left
-    after it. A block that ends normally first meets the other ranks at a barrier: a rank that tore
-    its Gloo connections down while rank 0 still evaluated and wrote the run was aborted at exit
-    ("terminate called without an active exception"), about one run in ten. One that raises leaves
-    at once: its barrier could pair with another rank's pending collective and hang, while torchrun
-    stops the other ranks when one fails."""
+    """This process's :class:`Cluster` (:func:`start`) for the ``with`` block; the process group is
+    left after it, once every rank has ended the block normally, or at once after an error."""
     cluster = start(device_name)
     try:
         yield cluster
     except BaseException:
+        # no barrier: it could pair with another rank's pending collective and hang, while torchrun
+        # stops the other ranks when one fails
         stop(cluster)
         raise
-    if cluster.active and dist.is_initialized():
-        dist.barrier()
-    stop(cluster)
+    try:
+        if cluster.active and dist.is_initialized():
+            # a rank that tore its Gloo connections down while rank 0 still evaluated and wrote the run
+            # was aborted at exit ("terminate called without an active exception"), about one run in ten
+            dist.barrier()
+    finally:
+        stop(cluster)

@@ -104,6 +104,7 @@ class RelaxedELBO(ELBO):
         return {"step": torch.tensor(self.step)}
 
     def load_state_dict(self, state):
+        """Restore :meth:`state_dict`."""
         self.step = int(state["step"])
 
     def _get_trace(self, model, guide, args, kwargs):

@@ -84,8 +84,8 @@ class ScoreFunctionELBO(TraceGraph_ELBO):
       minibatch, shaped like the first minibatch, and fails on the epoch's last, smaller one;
     - ``learned``: b_i = (N/B) (a + f(x_i)), f an MLP (``nn_baseline``, input x_i) trained by Pyro
       on (cost - b)^2; it is registered with ``pyro.module`` under ``BASELINE_MODULE`` in the
-      guide's program, so SVI's optimiser trains it. It is not part of the guide's state dict (a
-      resumed run starts a fresh one).
+      guide's program, so SVI's optimiser trains it. It is not part of the guide's state dict:
+      :meth:`state_dict` holds it and the average, and a run's checkpoint keeps that.
 
     One baseline serves every per-point site of a guide with several (the unbiased estimator
     only needs b_i not to depend on z_i). One particle per step (``num_particles`` > 1 runs
@@ -99,7 +99,7 @@ class ScoreFunctionELBO(TraceGraph_ELBO):
         self.baseline, self.beta = baseline, beta
         self.average = None  # decaying average of the per-point ELBO (a tensor on the data's device)
         self.network = None  # the learned baseline f, built on the first minibatch
-        self.restored = False  # the network was loaded from a checkpoint and not yet moved to the data
+        self.restored = False  # loaded from a checkpoint, not yet moved to the data's device
 
     def state_dict(self):
         """What a checkpoint keeps of the baselines (tensors only): the running average and the
@@ -110,12 +110,15 @@ class ScoreFunctionELBO(TraceGraph_ELBO):
         return state
 
     def load_state_dict(self, state):
+        """Restore :meth:`state_dict`; the tensors move to the data's device at the next step. The
+        network is built here, before a resumed run restores the RNG state (``fit_svi.resume_svi``),
+        so that its initial draws do not shift the run's random stream."""
         self.average = state.get("average")
         weights = state.get("network")
         if weights is not None:
             self.network = baseline_network(weights["0.weight"].shape[-1])
             self.network.load_state_dict(weights)
-            self.restored = True
+        self.restored = True
 
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = super()._get_trace(model, self.wrap(guide), args, kwargs)
@@ -124,11 +127,14 @@ class ScoreFunctionELBO(TraceGraph_ELBO):
 
     def wrap(self, guide):
         def guide_with_baselines(x, *args, **kwargs):
+            if self.restored:  # a checkpoint's tensors, loaded on the CPU
+                self.average = None if self.average is None else self.average.to(x.device)
+                self.network = None if self.network is None else self.network.to(x.device)
+                self.restored = False
             options = None
             if self.baseline == "learned":
-                if self.network is None or self.restored:  # built here, or restored: moved where the data is
-                    self.network = (self.network or baseline_network(x.shape[-1])).to(x.device)
-                    self.restored = False
+                if self.network is None:
+                    self.network = baseline_network(x.shape[-1]).to(x.device)
                 pyro.module(BASELINE_MODULE, self.network)
                 options = lambda msg: {"nn_baseline": lambda inputs: self.learned(msg, inputs),  # noqa: E731
                                        "nn_baseline_input": x}

@@ -56,9 +56,12 @@ class NonFiniteLoss(Exception):
         self.step, self.loss, self.what = step, loss, what
 
 
+@torch.no_grad()
 def parameters_finite():
-    """Whether every parameter in Pyro's param store is finite."""
-    return all(bool(torch.isfinite(p).all()) for p in pyro.get_param_store().values())
+    """Whether every parameter in Pyro's param store is finite (the unconstrained tensors the
+    optimizer updates; one read from the device)."""
+    finite = [torch.isfinite(p).all() for _, p in pyro.get_param_store().named_parameters()]
+    return not finite or bool(torch.stack(finite).all())
 
 
 class Interrupted(Exception):
@@ -80,8 +83,9 @@ def train_epoch(svi, data, batch_size, progress=True, description="train", shoul
     are read every ``READ_EVERY`` steps: then the progress bar moves, and a
     non-finite loss raises :class:`NonFiniteLoss` naming its step (the
     parameters have moved on by then: a run restarts from its last
-    checkpoint). :class:`Interrupted` is raised after the step during which
-    ``should_stop()`` became true.
+    checkpoint); so do parameters left non-finite at the end of the epoch,
+    before it is scored or saved. :class:`Interrupted` is raised after the
+    step during which ``should_stop()`` became true.
 
     With a ``cluster`` of several ranks (see ``pyro_vae.distributed``) each
     global minibatch of ``batch_size`` rows is sharded across ranks, gradients
@@ -106,12 +110,12 @@ def train_epoch(svi, data, batch_size, progress=True, description="train", shoul
             with pyro.validation_enabled(validate and step == 1):
                 try:
                     loss = svi.step(data.train_batch(idx), idx, num_data)
-                except ValueError:
+                except ValueError as error:
                     # a validated step checks the distributions' arguments before any loss exists: parameters
-                    # gone non-finite fail that check
+                    # that are not finite (a run resumed from such a checkpoint) fail that check
                     if parameters_finite():
                         raise
-                    raise NonFiniteLoss(step, math.nan, "parameters") from None
+                    raise NonFiniteLoss(step, math.nan, "parameters") from error
             stop = should_stop is not None and should_stop()
             if cluster.active:  # every rank sees the same loss and stops at the same step
                 reduced = cluster.sum(torch.tensor([float(loss) * weight, float(stop)], dtype=torch.float64))

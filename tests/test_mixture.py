@@ -35,10 +35,11 @@ def train_log_likelihood(result):
         return float(result.model.log_marginal(result.data.train_x).double().mean())
 
 
-def test_em_enumeration_and_vb_reach_the_same_optimum_and_em_is_fastest(tmp_path):
+def test_em_enumeration_and_vb_reach_the_same_optimum_and_em_needs_fewest_passes(tmp_path):
     """On well-separated synthetic data: closed-form EM, gradient ascent on the enumerated marginal
     likelihood and mean-field VB with a per-point categorical q end within 0.01 nats per point of one
-    another (from the same k-means++ start); EM takes a small fraction of their time."""
+    another (from the same k-means++ start); EM needs a small fraction of their passes over the data
+    (counted, not timed: the seconds are benchmarks' to measure, ``compare --fit-from-scratch``)."""
     em = fit(config(tmp_path, "em", inference="em", epochs=200), **QUIET)
     enum = fit(config(tmp_path, "enum", guide="enumerated", elbo="enum", epochs=200, lr=0.05, batch_size=300), **QUIET)
     vb = fit(config(tmp_path, "vb", guide="categorical_meanfield", elbo="enum", epochs=200, lr=0.05, local_lr=0.5,
@@ -48,8 +49,7 @@ def test_em_enumeration_and_vb_reach_the_same_optimum_and_em_is_fastest(tmp_path
     assert abs(reached["enum"] - reached["em"]) < 0.01, reached
     assert abs(reached["vb"] - reached["em"]) < 0.01, reached
     assert reached["em"] >= max(reached.values()) - 1e-4, reached  # EM's fixed point is the local maximum
-    for other in (enum, vb):
-        assert em.summary["seconds"] < 0.2 * other.summary["seconds"]
+    assert em.summary["iterations"] < 0.2 * len(enum.metrics) and len(enum.metrics) == len(vb.metrics) == 200
     # the true weights (0.5, 0.3, 0.2), up to the order of the components
     weights = sorted(em.model.weights.tolist())
     assert weights == pytest.approx([0.2, 0.3, 0.5], abs=0.06)
