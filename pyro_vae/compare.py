@@ -172,8 +172,10 @@ def objective_list(text):
     """--objectives: a comma-separated list of pyro_vae.scratch.OBJECTIVES, or "none"."""
     if isinstance(text, tuple):
         return text
-    names, unknown = ((), []) if text == "none" else names_in(text, OBJECTIVES)
-    if unknown or not (names or text == "none"):
+    if text == "none":
+        return ()
+    names, unknown = names_in(text, OBJECTIVES)
+    if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown objective(s) {', '.join(unknown) or repr(text)}; choose from "
                                          f"{', '.join(OBJECTIVES)} or none")
     return names

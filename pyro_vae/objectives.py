@@ -79,17 +79,22 @@ WITH_BASELINE = ("score-function",)  # the objectives --baseline applies to
 AMORTIZED_ONLY = ("iwae", "iwae-dreg", "rws", "wake-sleep", "vimco")
 
 
+def objective_of(svi):
+    """The objective (an ELBO) that ``svi`` steps on: SVI keeps only its bound ``loss`` method."""
+    return getattr(svi.loss, "__self__", None)
+
+
 def objective_state(svi):
     """The training state of ``svi``'s objective for a checkpoint (tensors only; {} for an objective
     without one): the score-function baselines, the relaxed objectives' step count."""
-    objective = getattr(svi.loss, "__self__", None)  # SVI keeps the objective's bound ``loss``
+    objective = objective_of(svi)
     return objective.state_dict() if hasattr(objective, "state_dict") else {}
 
 
 def load_objective_state(svi, state):
     """Restore :func:`objective_state` into ``svi``'s objective (nothing to do for an empty one)."""
     if state:
-        svi.loss.__self__.load_state_dict(state)
+        objective_of(svi).load_state_dict(state)
 
 
 def make_objective(name, particles=1, baseline="none", temperature=None):
