@@ -32,10 +32,10 @@ import pyro
 import torch
 
 from pyro_vae.data import load_dataset
-from pyro_vae.estimators import elbo_terms, log_likelihood, mean_and_se
-from pyro_vae.registry import get_guide, get_model
-from pyro_vae.relaxed import Temperature
-from pyro_vae.train import make_svi, train_epoch
+from pyro_vae.program.estimators import elbo_terms, log_likelihood, mean_and_se
+from pyro_vae.plumbing.registry import get_guide, get_model
+from pyro_vae.objectives.relaxed import Temperature
+from pyro_vae.infer.svi.train import make_svi, train_epoch
 
 PROG = "benchmarks/categorical_vae.py"
 JANG_TABLE_1 = {"relaxed": 101.5, "relaxed-st": 107.8, "score-function": 110.6}  # negative ELBO, M = 20, K = 10

@@ -22,8 +22,8 @@ import pyro
 import torch
 
 from pyro_vae.data import load_dataset
-from pyro_vae.estimators import log_likelihood
-from pyro_vae.registry import get_guide, get_model
+from pyro_vae.program.estimators import log_likelihood
+from pyro_vae.plumbing.registry import get_guide, get_model
 
 
 def matmul_peak(device, n=2048, repeats=10):

@@ -11,15 +11,15 @@ epochs and the ratio of medians against the hand-written loop.
 - ``pytorch``: a plain loop, no Pyro: reparameterised z, Bernoulli
   log-likelihood from logits, Gaussian log-densities in closed form, one
   ``torch.optim.Adam``.
-- ``pyro_vae``: ``pyro_vae.train.train_epoch`` (``pyro.infer.SVI`` with
-  ``Trace_ELBO`` and ``pyro_vae.optim.Adam``) on the registered
+- ``pyro_vae``: ``pyro_vae.infer.svi.train.train_epoch`` (``pyro.infer.SVI`` with
+  ``Trace_ELBO`` and ``pyro_vae.infer.svi.optim.Adam``) on the registered
   ``bernoulli_mlp`` model and ``amortized`` guide.
 - ``stock_pyro``: the same model and guide under ``SVI`` with
   ``pyro.optim.Adam`` (one torch optimizer per parameter tensor).
 - ``pytorch compiled``: the plain loop with its ELBO through ``torch.compile``
   (forward and backward compiled; the optimizer eager).
 - ``pyro_vae compiled``: ``make_svi(..., compile=True)``, the SVI step recorded
-  and compiled (``pyro_vae.compiled_svi``); its first epoch includes compiling.
+  and compiled (``pyro_vae.infer.svi.compiled``); its first epoch includes compiling.
 - with ``--objectives iwae,iwae-dreg,rws,wake-sleep,score-function``: the
   ``pyro_vae`` pair under each of those objectives too (``--particles K``
   importance samples per point for the first three).
@@ -41,10 +41,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_vae.data import load_dataset
-from pyro_vae.registry import get_guide, get_model
-from pyro_vae.estimators import elbo_terms
+from pyro_vae.plumbing.registry import get_guide, get_model
+from pyro_vae.program.estimators import elbo_terms
 from pyro_vae.objectives import WITH_BASELINE, WITH_PARTICLES
-from pyro_vae.train import NonFiniteLoss, make_svi, train_epoch
+from pyro_vae.infer.svi.train import NonFiniteLoss, make_svi, train_epoch
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -20,7 +20,7 @@ NUTS settings and the seconds each part took.
 
 instead trains one model per variational family (``amortized``, ``full_rank``, ``flow`` with
 ``--flow`` and ``--flow-layers``) at the same settings and decomposes each one's gaps with its own
-per-point q* (``pyro_vae.family_gaps``), log p(x) by AIS from the FFG q*: ``families.md``,
+per-point q* (``pyro_vae.studies.family_gaps``), log p(x) by AIS from the FFG q*: ``families.md``,
 ``families.json`` and the stacked bars ``gaps.png`` in ``--out``.
 """
 
@@ -32,10 +32,10 @@ import pyro
 import torch
 
 from pyro_vae.infer.ais import AISOptions, bdmc
-from pyro_vae.posterior_comparison import compare_posteriors, format_report
-from pyro_vae.config import EvaluationSettings, FitConfig
+from pyro_vae.studies.posterior_comparison import compare_posteriors, format_report
+from pyro_vae.runs.config import EvaluationSettings, FitConfig
 from pyro_vae.fit import fit
-from pyro_vae.family_gaps import compare_families, parse_families
+from pyro_vae.studies.family_gaps import compare_families, parse_families
 
 
 def families(args):

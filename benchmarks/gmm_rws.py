@@ -31,10 +31,10 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae.building_blocks import hidden_activation
+from pyro_vae.nn import hidden_activation
 from pyro_vae.guides.categorical import CategoricalAmortized
 from pyro_vae.models.gmm import MIN_SCALE, GaussianMixture
-from pyro_vae.train import make_svi
+from pyro_vae.infer.svi.train import make_svi
 
 PROG = "benchmarks/gmm_rws.py"
 COMPONENTS = 20

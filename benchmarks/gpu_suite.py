@@ -271,10 +271,10 @@ def collect_many_points(outputs, points):
 
 def posterior_part(args):
     """NUTS and AIS on ``--points`` test images of the run in ``--posterior``; prints its rows as JSON."""
-    from pyro_vae.building_blocks import frozen
+    from pyro_vae.nn import frozen
     from pyro_vae.infer import ais
-    from pyro_vae.mcmc import diagnose, inference_data, sample_latents
-    from pyro_vae.rundir import load_run
+    from pyro_vae.infer.mcmc.sampling import diagnose, inference_data, sample_latents
+    from pyro_vae.runs.rundir import load_run
 
     run = load_run(args.posterior, torch.device(args.device))
     x = run.data.test_x[: args.points]

@@ -38,8 +38,8 @@ import torch
 
 from pyro_vae.data import load_dataset
 from pyro_vae.objectives import make_objective
-from pyro_vae.registry import get_guide, get_model
-from pyro_vae.train import make_svi, train_epoch
+from pyro_vae.plumbing.registry import get_guide, get_model
+from pyro_vae.infer.svi.train import make_svi, train_epoch
 
 PROG = "benchmarks/gradient_variance.py"
 PREDICTED = {("iwae", "encoder"): "-0.5 (Rainforth et al. 2018)", ("iwae", "decoder"): "+0.5 (Rainforth et al. 2018)",

@@ -20,9 +20,9 @@ import pyro
 import torch
 
 from pyro_vae.data import load_dataset
-from pyro_vae.local_fit import fit_local_posterior
-from pyro_vae.registry import get_guide, get_model
-from pyro_vae.train import make_svi
+from pyro_vae.infer.local_fit import fit_local_posterior
+from pyro_vae.plumbing.registry import get_guide, get_model
+from pyro_vae.infer.svi.train import make_svi
 
 
 def main():

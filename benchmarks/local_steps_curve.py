@@ -20,12 +20,12 @@ import time
 
 import pyro
 
-from pyro_vae.config import FitConfig
-from pyro_vae.distributed import Cluster
-from pyro_vae.estimators import log_likelihood, mean_and_se
-from pyro_vae.local_fit import fit_local_posterior
-from pyro_vae.fit_svi import setup
-from pyro_vae.train import train_epoch
+from pyro_vae.runs.config import FitConfig
+from pyro_vae.infer.svi.distributed import Cluster
+from pyro_vae.program.estimators import log_likelihood, mean_and_se
+from pyro_vae.infer.local_fit import fit_local_posterior
+from pyro_vae.runs.fit_svi import setup
+from pyro_vae.infer.svi.train import train_epoch
 
 
 def train_for(config, budget, max_epochs=None):

@@ -55,8 +55,8 @@ def export_problem(run, path):
     """The decoder weights, the first SUBSET test points and their q (loc, scale) as an .npz for NumPyro."""
     import torch
 
-    from pyro_vae.posteriors import guide_posterior
-    from pyro_vae.rundir import load_run
+    from pyro_vae.program.posteriors import guide_posterior
+    from pyro_vae.runs.rundir import load_run
 
     source = load_run(run, torch.device("cpu"))
     if source.model.name != "bernoulli_mlp" or source.config.activation != "softplus" or len(
@@ -150,7 +150,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.numpyro_worker:
         return numpyro_worker(args.numpyro_worker, args.warmup, args.samples, args.seed)
-    from pyro_vae.config import MCMCSettings
+    from pyro_vae.runs.config import MCMCSettings
 
     warmup = args.warmup or MCMCSettings.warmup
     samples = args.samples or MCMCSettings.samples

@@ -5,7 +5,7 @@ ChEES-HMC on the posteriors p(z_i | x_i) of N test images under a trained MNIST 
 
 The decoder: the registered 784-400-50 ``bernoulli_mlp`` with the ``amortized`` guide, trained ``--epochs``
 epochs by ``pyro_vae.fit``. Every method runs ``--chains`` chains per point started from the encoder's q(z|x),
-``--warmup`` + ``--samples`` iterations, compiled, through ``pyro_vae.mcmc.sample_latents``:
+``--warmup`` + ``--samples`` iterations, compiled, through ``pyro_vae.infer.mcmc.sampling.sample_latents``:
 
 - ``nuts``: one NUTS trajectory over the joint latents of all N points (N x 50 dimensions) per chain;
 - ``nuts, blocks of B``: ``block_size=B``: N / B joint trajectories per chain, their trees in lockstep;
@@ -27,9 +27,9 @@ import arviz as az
 import numpy as np
 import torch
 
-from pyro_vae.config import EvaluationSettings, FitConfig
+from pyro_vae.runs.config import EvaluationSettings, FitConfig
 from pyro_vae.fit import fit
-from pyro_vae.mcmc import sample_latents
+from pyro_vae.infer.mcmc.sampling import sample_latents
 
 
 def methods(points):

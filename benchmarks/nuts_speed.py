@@ -6,7 +6,7 @@ The problem, the baselines and the table come from ``nuts_baselines.py``
 (2 -> 32 -> 64 softplus decoder with seeded random weights, 100 binary
 points, latent dim 2, one chain, 500 warm-up + 500 draws, min bulk ESS per
 second of total wall time). Rows added here, all through
-``pyro_vae.mcmc.sample_latents`` on the registered ``bernoulli_mlp`` model
+``pyro_vae.infer.mcmc.sampling.sample_latents`` on the registered ``bernoulli_mlp`` model
 holding the same weights, torch on one thread (the tensors are small):
 
 - ``pyro_vae, recorded``: ``compile=False``, the sampler's steps (the
@@ -43,8 +43,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nuts_baselines import make_row, problem, report, run_baselines  # noqa: E402
 
-from pyro_vae.mcmc import monte_carlo_em, sample_latents  # noqa: E402
-from pyro_vae.registry import get_model  # noqa: E402
+from pyro_vae.infer.mcmc.sampling import monte_carlo_em, sample_latents  # noqa: E402
+from pyro_vae.plumbing.registry import get_model  # noqa: E402
 
 
 def project_model(weights):

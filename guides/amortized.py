@@ -3,8 +3,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_vae.building_blocks import data_plate, mlp
-from pyro_vae.registry import register_guide
+from pyro_vae.nn import data_plate, mlp
+from pyro_vae.plumbing.registry import register_guide
 
 
 @register_guide("amortized")

@@ -19,10 +19,10 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_vae.building_blocks import data_plate, mlp
-from pyro_vae.cli import UsageError
-from pyro_vae.enumerated import exact_posterior
-from pyro_vae.registry import register_guide
+from pyro_vae.nn import data_plate, mlp
+from pyro_vae.plumbing.cli import UsageError
+from pyro_vae.program.enumeration import exact_posterior
+from pyro_vae.plumbing.registry import register_guide
 
 
 def categories(model, guide_name):

@@ -2,12 +2,12 @@ import pyro
 import pyro.distributions as dist
 from torch import nn
 
-from pyro_vae.building_blocks import data_plate, mlp
-from pyro_vae.registry import register_guide
+from pyro_vae.nn import data_plate, mlp
+from pyro_vae.plumbing.registry import register_guide
 
 class CategoricalPosterior:
     """q(z | x) = prod_m OneHotCategorical(z_m; softmax(logits_m)) over the sites ``names``, as the
-    estimators use a posterior (``pyro_vae.posteriors``): draws are dicts site -> (*shape, N, K), the log
+    estimators use a posterior (``pyro_vae.program.posteriors``): draws are dicts site -> (*shape, N, K), the log
     density of such a dict is the sum over the sites, and the mean is the class probabilities."""
 
     def __init__(self, logits, names):
@@ -34,7 +34,7 @@ class CategoricalGuide(nn.Module):
 
     The guide's sites are plain ``OneHotCategorical`` draws: ``--elbo enum`` enumerates them (the exact
     ELBO), ``score-function`` and ``rws`` weight them, and ``--elbo relaxed`` / ``relaxed-st`` swap them
-    for their Gumbel-softmax relaxations (``pyro_vae.relaxed``)."""
+    for their Gumbel-softmax relaxations (``pyro_vae.objectives.relaxed``)."""
 
     amortized = True
     reparameterisable = False  # discrete draws: --elbo iwae and iwae-dreg are refused

@@ -3,9 +3,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_vae.building_blocks import data_plate, mlp
-from pyro_vae.flows import FLOW_LAYERS, Flow, conditional_flow
-from pyro_vae.registry import register_guide
+from pyro_vae.nn import data_plate, mlp
+from pyro_vae.nn.flows import FLOW_LAYERS, Flow, conditional_flow
+from pyro_vae.plumbing.registry import register_guide
 
 
 @register_guide("flow")
@@ -14,8 +14,8 @@ class FlowGuide(nn.Module):
     autoregressive transforms (``--flow iaf``: affine, the inverse autoregressive flow of Kingma et al.
     2016; ``--flow spline``: rational-quadratic splines, Durkan et al. 2019), each conditioned on a
     context h(x) from the same encoder; Pyro's ``conditional_affine_autoregressive`` /
-    ``conditional_spline_autoregressive`` (``pyro_vae.flows``). Amortized; log q(z | x) is exact. Its
-    per-point optimum q* (``pyro_vae.local_families``) is a flow of the same kind per point."""
+    ``conditional_spline_autoregressive`` (``pyro_vae.nn.flows``). Amortized; log q(z | x) is exact. Its
+    per-point optimum q* (``pyro_vae.infer.local_families``) is a flow of the same kind per point."""
 
     amortized = True
     family = "flow"
@@ -30,7 +30,7 @@ class FlowGuide(nn.Module):
         self.transforms = conditional_flow(flow, d, self.context_dim, flow_layers, self.hidden)
 
     def posterior(self, x, idx=None, **unused):
-        """q(z | x) as a batch of flows (``pyro_vae.flows.Flow``), one per row of ``x``: base
+        """q(z | x) as a batch of flows (``pyro_vae.nn.flows.Flow``), one per row of ``x``: base
         N(mu(x), diag sigma(x)^2), then the transforms conditioned on h(x)."""
         d = self.latent_dim
         out = self.encoder(x)

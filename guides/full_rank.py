@@ -4,8 +4,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_vae.building_blocks import data_plate, mlp
-from pyro_vae.registry import register_guide
+from pyro_vae.nn import data_plate, mlp
+from pyro_vae.plumbing.registry import register_guide
 
 
 def scale_tril(diagonal, strict, dim):
@@ -21,7 +21,7 @@ def scale_tril(diagonal, strict, dim):
 class FullRankGuide(nn.Module):
     """q(z | x) = N(z; mu(x), L(x) L(x)^T): a full-covariance Gaussian, mu, the diagonal of L
     (through softplus) and its d(d-1)/2 entries below the diagonal from one MLP encoder (amortized).
-    Its per-point optimum q* (``pyro_vae.local_families``) is the same family per point."""
+    Its per-point optimum q* (``pyro_vae.infer.local_families``) is the same family per point."""
 
     amortized = True
     family = "full_rank"

@@ -5,9 +5,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_vae.building_blocks import data_plate
-from pyro_vae.local_fit import INIT_SCALE, WarmStarts, fit_local_posterior, refine
-from pyro_vae.registry import register_guide
+from pyro_vae.nn import data_plate
+from pyro_vae.infer.local_fit import INIT_SCALE, WarmStarts, fit_local_posterior, refine
+from pyro_vae.plumbing.registry import register_guide
 
 
 @register_guide("meanfield")

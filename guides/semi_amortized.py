@@ -2,10 +2,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.building_blocks import data_plate
-from pyro_vae.estimators import log_weights
-from pyro_vae.local_fit import fixed_model, refine
-from pyro_vae.registry import register_guide
+from pyro_vae.nn import data_plate
+from pyro_vae.program.estimators import log_weights
+from pyro_vae.infer.local_fit import fixed_model, refine
+from pyro_vae.plumbing.registry import register_guide
 
 from .amortized import AmortizedGuide
 

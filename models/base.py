@@ -7,7 +7,7 @@ import pyro.distributions as dist
 from torch import nn
 from torch.func import functional_call
 
-from pyro_vae.building_blocks import data_plate
+from pyro_vae.nn import data_plate
 
 
 class LatentVariableModel(nn.Module):

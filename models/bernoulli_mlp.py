@@ -1,5 +1,5 @@
-from pyro_vae.building_blocks import BernoulliLogits, mlp
-from pyro_vae.registry import register_model
+from pyro_vae.nn import BernoulliLogits, mlp
+from pyro_vae.plumbing.registry import register_model
 
 from .base import LatentVariableModel
 

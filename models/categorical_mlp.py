@@ -6,9 +6,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.building_blocks import BernoulliLogits, data_plate, mlp
-from pyro_vae.density import MAX_ENUMERATION, log_joint
-from pyro_vae.registry import register_model
+from pyro_vae.nn import BernoulliLogits, data_plate, mlp
+from pyro_vae.program.density import MAX_ENUMERATION, log_joint
+from pyro_vae.plumbing.registry import register_model
 
 from .base import LatentVariableModel
 
@@ -31,7 +31,7 @@ class CategoricalMLP(LatentVariableModel):
 
     M is ``latent_dim`` (``--latent-dim``) and K is ``categories`` (``--categories``). The program has one
     site per variable, ``z_0`` .. ``z_{M-1}``, each a ``OneHotCategorical`` with batch shape (N,): so each has
-    an enumerable support, and parallel enumeration (``TraceEnum_ELBO``, ``pyro_vae.density``) gives every
+    an enumerable support, and parallel enumeration (``TraceEnum_ELBO``, ``pyro_vae.program.density``) gives every
     site its own dimension and sums the K^M joint configurations. (One site of event shape (M, K) would not
     enumerate: ``.to_event`` switches enumeration off, and a batched site enumerates K values, not K^M.)
 

@@ -2,8 +2,8 @@ import pyro.distributions as dist
 import torch
 from torch.nn import functional as F
 
-from pyro_vae.building_blocks import mlp
-from pyro_vae.registry import register_model
+from pyro_vae.nn import mlp
+from pyro_vae.plumbing.registry import register_model
 
 from .base import LatentVariableModel
 

@@ -3,8 +3,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_vae.building_blocks import data_plate
-from pyro_vae.registry import register_model
+from pyro_vae.nn import data_plate
+from pyro_vae.plumbing.registry import register_model
 
 from .base import LatentVariableModel
 
@@ -20,7 +20,7 @@ class GaussianMixture(LatentVariableModel):
 
     Sigma_k diagonal (``covariance="diag"``) or full (``"full"``, through its Cholesky factor). The
     assignment ``"z"`` is a discrete site in the data plate marked for parallel enumeration, so
-    ``TraceEnum_ELBO`` and ``pyro_vae.density`` sum it out exactly; the weights, means and covariances
+    ``TraceEnum_ELBO`` and ``pyro_vae.program.density`` sum it out exactly; the weights, means and covariances
     are the model's parameters (point estimates). The exact marginal and posterior are closed-form:
 
     - ``log_marginal``: log p(x) = log sum_k pi_k N(x; mu_k, Sigma_k)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_vae.registry import register_model
+from pyro_vae.plumbing.registry import register_model
 
 from .base import LatentVariableModel
 

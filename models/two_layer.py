@@ -3,8 +3,8 @@ import pyro.distributions as dist
 import torch
 from torch.nn import functional as F
 
-from pyro_vae.building_blocks import BernoulliLogits, data_plate, mlp
-from pyro_vae.registry import register_model
+from pyro_vae.nn import BernoulliLogits, data_plate, mlp
+from pyro_vae.plumbing.registry import register_model
 
 from .base import LatentVariableModel
 

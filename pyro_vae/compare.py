@@ -7,7 +7,7 @@
 2. For the first ``--subset`` held-out points infers p(z | x) with the
    encoder, the encoder refined by ``--refine-steps`` steps
    (semi-amortized), a per-point mean-field q* and NUTS, and scores them
-   (``pyro_vae.posterior_comparison``): ELBO, log p(x), errors against NUTS, cost,
+   (``pyro_vae.studies.posterior_comparison``): ELBO, log p(x), errors against NUTS, cost,
    and the gaps of Cremer, Li & Duvenaud (2018).
 3. Writes ``report.md`` (also printed), ``report.json``, the figures
    ``ellipses.png`` (2-D latents), ``forest.png``, ``reconstructions.png``
@@ -15,7 +15,7 @@
    ``semi_amortized.nc``, ``meanfield.nc``, ``nuts.nc``).
 
 ``--fit-from-scratch`` instead learns the decoder with each method and
-compares held-out log p(x) against wall time (``pyro_vae.scratch``).
+compares held-out log p(x) against wall time (``pyro_vae.studies.scratch``).
 """
 
 import argparse
@@ -23,23 +23,23 @@ import time
 
 import torch
 
-from pyro_vae import plots
-from pyro_vae.assembly import resolve_device
-from pyro_vae.checkpoint import CheckpointError
-from pyro_vae.files import atomic_path, write_json, write_text
-from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, import_user_modules, int_list, names_in, positive_float,
+from pyro_vae.runs import figures as plots
+from pyro_vae.runs.assembly import resolve_device
+from pyro_vae.plumbing.checkpoint import CheckpointError
+from pyro_vae.plumbing.files import atomic_path, write_json, write_text
+from pyro_vae.plumbing.cli import (ArgumentParser, UsageError, exit_with, import_user_modules, int_list, names_in, positive_float,
                           positive_int, report_out_of_memory)
-from pyro_vae.posterior_comparison import (METHODS, compare_posteriors, format_report, gaussian_summary,
+from pyro_vae.studies.posterior_comparison import (METHODS, compare_posteriors, format_report, gaussian_summary,
                                            posterior_idata)
-from pyro_vae.config import EvaluationSettings, FitConfig, MCMCSettings, add_mixture_arguments
+from pyro_vae.runs.config import EvaluationSettings, FitConfig, MCMCSettings, add_mixture_arguments
 from pyro_vae.data import DATASETS, DataError
-from pyro_vae.density import layout_of, observation, plug_in_values
-from pyro_vae.discrete_comparison import compare_discrete, format_discrete_report, is_discrete_run
-from pyro_vae.rundir import load_run, prepare_out
-from pyro_vae.scratch import OBJECTIVES, ScratchSettings, fit_from_scratch
-from pyro_vae.fit_svi import fit_svi
-from pyro_vae.family_gaps import compare_families, parse_families
-from pyro_vae.flows import FLOW_LAYERS, FLOWS
+from pyro_vae.program.density import layout_of, observation, plug_in_values
+from pyro_vae.studies.discrete_comparison import compare_discrete, format_discrete_report, is_discrete_run
+from pyro_vae.runs.rundir import load_run, prepare_out
+from pyro_vae.studies.scratch import OBJECTIVES, ScratchSettings, fit_from_scratch
+from pyro_vae.runs.fit_svi import fit_svi
+from pyro_vae.studies.family_gaps import compare_families, parse_families
+from pyro_vae.nn.flows import FLOW_LAYERS, FLOWS
 
 ELLIPSE_POINTS = 6
 
@@ -169,7 +169,7 @@ def run_families(args, out, log):
 
 
 def objective_list(text):
-    """--objectives: a comma-separated list of pyro_vae.scratch.OBJECTIVES, or "none"."""
+    """--objectives: a comma-separated list of pyro_vae.studies.scratch.OBJECTIVES, or "none"."""
     if isinstance(text, tuple):
         return text
     if text == "none":

@@ -3,7 +3,7 @@
     python -m pyro_vae.evaluate RUN_DIR [--iwae-samples 5000] [--split test] [--max-examples N]
 
 Writes ``RUN_DIR/eval.json`` and prints a short table, in nats per example
-(the estimators are in ``pyro_vae.estimators``):
+(the estimators are in ``pyro_vae.program.estimators``):
 
 - ``log_likelihood``: the importance-weighted estimate (Burda et al. 2015)
   log p(x) ~ log (1/K) sum_k p(x, z_k) / q(z_k | x), z_k ~ q(. | x), per
@@ -29,15 +29,15 @@ import pyro
 import torch
 
 from pyro_vae.infer import ais
-from pyro_vae.assembly import resolve_device
-from pyro_vae.checkpoint import CheckpointError
-from pyro_vae.files import write_json
-from pyro_vae.cli import ArgumentParser, UsageError, exit_with, import_user_modules, positive_int, report_out_of_memory
+from pyro_vae.runs.assembly import resolve_device
+from pyro_vae.plumbing.checkpoint import CheckpointError
+from pyro_vae.plumbing.files import write_json
+from pyro_vae.plumbing.cli import ArgumentParser, UsageError, exit_with, import_user_modules, positive_int, report_out_of_memory
 from pyro_vae.data import DataError
-from pyro_vae.density import layout_of, plug_in_values
-from pyro_vae.estimators import evaluate
-from pyro_vae.posteriors import guide_posterior
-from pyro_vae.rundir import load_run
+from pyro_vae.program.density import layout_of, plug_in_values
+from pyro_vae.program.estimators import evaluate
+from pyro_vae.program.posteriors import guide_posterior
+from pyro_vae.runs.rundir import load_run
 
 
 def format_table(results):

@@ -5,8 +5,8 @@
     python -m pyro_vae.fit --inference nuts --decoder-from RUN_DIR --subset 100
 
 The inference method (``--inference``) is SVI with a variational family
-(``--guide``) or NUTS; the drivers are ``pyro_vae.fit_svi`` and
-``pyro_vae.fit_nuts``, and this module only parses, calls and reports.
+(``--guide``) or NUTS; the drivers are ``pyro_vae.runs.fit_svi`` and
+``pyro_vae.runs.fit_nuts``, and this module only parses, calls and reports.
 
 Python API: ``fit(FitConfig(...))`` does exactly what the command does and
 returns the model, guide (or posterior summary) and data with the metrics;
@@ -21,22 +21,22 @@ from contextlib import contextmanager
 
 from tqdm import tqdm
 
-from pyro_vae.building_blocks import ACTIVATIONS
-from pyro_vae.checkpoint import CheckpointError
-from pyro_vae.cli import (ArgumentParser, UsageError, exit_with, int_list, nonnegative_int, positive_float,
+from pyro_vae.nn import ACTIVATIONS
+from pyro_vae.plumbing.checkpoint import CheckpointError
+from pyro_vae.plumbing.cli import (ArgumentParser, UsageError, exit_with, int_list, nonnegative_int, positive_float,
                           positive_int, report_out_of_memory)
-from pyro_vae.config import (COMPILE_MODES, INFERENCE, LR_SCHEDULES, NUTS_MODES, SAMPLERS, EvaluationSettings,
+from pyro_vae.runs.config import (COMPILE_MODES, INFERENCE, LR_SCHEDULES, NUTS_MODES, SAMPLERS, EvaluationSettings,
                              FitConfig, MCMCSettings, add_mixture_arguments)
 from pyro_vae.data import BINARIZE_MODES, DATASETS, DataError
-from pyro_vae.fit_em import fit_em
-from pyro_vae.fit_nuts import fit_nuts
-from pyro_vae.flows import FLOW_LAYERS, FLOWS
-from pyro_vae.fit_svi import fit_svi, resume_svi
+from pyro_vae.runs.fit_em import fit_em
+from pyro_vae.runs.fit_nuts import fit_nuts
+from pyro_vae.nn.flows import FLOW_LAYERS, FLOWS
+from pyro_vae.runs.fit_svi import fit_svi, resume_svi
 from pyro_vae.objectives import ELBOS
-from pyro_vae.score_function import BASELINES
-from pyro_vae.registry import guide_names, model_names
-from pyro_vae.rundir import FitResult, load_run  # noqa: F401 (the Python API: pyro_vae.fit.load_run, FitResult)
-from pyro_vae.train import Interrupted, NonFiniteLoss
+from pyro_vae.objectives.score_function import BASELINES
+from pyro_vae.plumbing.registry import guide_names, model_names
+from pyro_vae.runs.rundir import FitResult, load_run  # noqa: F401 (the Python API: pyro_vae.fit.load_run, FitResult)
+from pyro_vae.infer.svi.train import Interrupted, NonFiniteLoss
 
 DEPRECATED_GUIDES = {"nuts": "nuts"}  # --guide NAME that was an inference method -> --inference NAME
 
@@ -49,10 +49,10 @@ def fit(config, progress=True, log=print, should_stop=None):
     the run's lines), ``should_stop`` (polled after every SVI step: a signal
     handler's flag).
 
-    SVI (``pyro_vae.fit_svi``) maximises the ELBO
+    SVI (``pyro_vae.runs.fit_svi``) maximises the ELBO
     L(theta, phi) = sum_i E_q(z_i | x_i)[log p_theta(x_i, z_i) - log q_phi(z_i | x_i)]
     of ``config.guide`` by minibatch steps on the full-data scale; NUTS
-    (``pyro_vae.fit_nuts``) draws z_1..z_N | x_1..x_N under a fixed decoder (or
+    (``pyro_vae.runs.fit_nuts``) draws z_1..z_N | x_1..x_N under a fixed decoder (or
     Monte Carlo EM). Returns a ``FitResult``: model, guide (or the MCMC run's
     moment-matched posterior), data, config, per-epoch metrics, the summary and
     the run directory."""
@@ -68,12 +68,12 @@ def fit(config, progress=True, log=print, should_stop=None):
 
 
 def resume(run_dir, epochs=None, progress=True, log=print, should_stop=None):
-    """Continue the SVI run in ``run_dir`` (see ``pyro_vae.fit_svi.resume_svi``)."""
+    """Continue the SVI run in ``run_dir`` (see ``pyro_vae.runs.fit_svi.resume_svi``)."""
     return resume_svi(run_dir, epochs, progress, log, should_stop)
 
 
 def add_flow_arguments(p):
-    """--flow and --flow-layers, the transforms of ``--guide flow`` (``pyro_vae.flows``)."""
+    """--flow and --flow-layers, the transforms of ``--guide flow`` (``pyro_vae.nn.flows``)."""
     p.add_argument("--flow", choices=FLOWS,
                    help="--guide flow's transforms: iaf (conditional affine autoregressive) or spline (conditional "
                         "rational-quadratic spline autoregressive) (default iaf)")

@@ -4,9 +4,9 @@ no Monte Carlo noise and data-parallel runs can be compared with one process exa
 import pyro
 import pyro.distributions as dist
 
-from pyro_vae.building_blocks import data_plate
+from pyro_vae.nn import data_plate
 from pyro_vae.guides.amortized import AmortizedGuide
-from pyro_vae.registry import register_guide
+from pyro_vae.plumbing.registry import register_guide
 
 
 @register_guide("delta")

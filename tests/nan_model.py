@@ -3,7 +3,7 @@
 import torch
 
 from pyro_vae.models.bernoulli_mlp import BernoulliMLP
-from pyro_vae.registry import register_model
+from pyro_vae.plumbing.registry import register_model
 
 
 @register_model("nan_after_30")

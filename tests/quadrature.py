@@ -6,8 +6,8 @@ from typing import NamedTuple
 
 import torch
 
-from pyro_vae.building_blocks import frozen
-from pyro_vae.density import log_joint
+from pyro_vae.nn import frozen
+from pyro_vae.program.density import log_joint
 
 
 class GridPosterior(NamedTuple):

@@ -21,13 +21,13 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.building_blocks import data_plate
-from pyro_vae.config import EvaluationSettings, FitConfig
-import pyro_vae.fit_svi as fit_svi_module
-from pyro_vae import distributed
-from pyro_vae.fit_svi import fit_svi
+from pyro_vae.nn import data_plate
+from pyro_vae.runs.config import EvaluationSettings, FitConfig
+import pyro_vae.runs.fit_svi as fit_svi_module
+from pyro_vae.infer.svi import distributed
+from pyro_vae.runs.fit_svi import fit_svi
 from pyro_vae.guides.amortized import AmortizedGuide
-from pyro_vae.registry import register_guide
+from pyro_vae.plumbing.registry import register_guide
 
 NUM_TRAIN = 64
 NOISE = torch.randn(NUM_TRAIN, 2, generator=torch.Generator().manual_seed(123))

@@ -10,7 +10,7 @@ from quadrature import posterior_on_grid
 from pyro_vae.infer import ais
 from pyro_vae.infer.ais import AISOptions
 from pyro_vae.models.linear_gaussian import LinearGaussian
-from pyro_vae.registry import get_model
+from pyro_vae.plumbing.registry import get_model
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Any Pyro program with per-point latent sites (pyro_vae.density's contract): several continuous
+"""Any Pyro program with per-point latent sites (pyro_vae.program.density's contract): several continuous
 sites, constrained ones, discrete ones summed out, through every estimator and sampler, checked
 against closed forms; the two_layer model through the commands; a user's module through --import."""
 
@@ -15,15 +15,15 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
-from pyro_vae.building_blocks import data_plate
-from pyro_vae.density import latent_layout, layout_of, log_joint, log_joint_terms, unconstrained_terms
-from pyro_vae.estimators import elbo_terms, log_likelihood
+from pyro_vae.nn import data_plate
+from pyro_vae.program.density import latent_layout, layout_of, log_joint, log_joint_terms, unconstrained_terms
+from pyro_vae.program.estimators import elbo_terms, log_likelihood
 from pyro_vae.infer.ais import AISOptions, ais_log_likelihood
-from pyro_vae.mcmc import inference_data, sample_latents
+from pyro_vae.infer.mcmc.sampling import inference_data, sample_latents
 from pyro_vae.models import LatentVariableModel
 from pyro_vae.models.linear_gaussian import LinearGaussian
-from pyro_vae.posteriors import FlatPosterior, ProgramPosterior
-from pyro_vae.registry import register_guide, register_model
+from pyro_vae.program.posteriors import FlatPosterior, ProgramPosterior
+from pyro_vae.plumbing.registry import register_guide, register_model
 
 
 @register_model("split_linear_gaussian_test")
@@ -246,9 +246,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_vae.building_blocks import BernoulliLogits, data_plate, mlp
+from pyro_vae.nn import BernoulliLogits, data_plate, mlp
 from pyro_vae.models import LatentVariableModel
-from pyro_vae.registry import register_guide, register_model
+from pyro_vae.plumbing.registry import register_guide, register_model
 
 
 @register_model("my_two_layer")
@@ -343,7 +343,7 @@ def test_bad_programs_and_modules_are_one_line_errors(tmp_path):
 
 
 def test_the_two_layer_model_trains_and_its_bounds_order(tmp_path):
-    from pyro_vae.config import EvaluationSettings, FitConfig
+    from pyro_vae.runs.config import EvaluationSettings, FitConfig
     from pyro_vae.fit import fit
 
     run = fit(FitConfig(model="two_layer", guide="two_layer", latent_dim=2, hidden_dims=(32,), epochs=3,

@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from conftest import REPO
-from pyro_vae.assembly import build
-from pyro_vae.building_blocks import data_plate, mlp
-from pyro_vae.cli import UsageError
-from pyro_vae.config import EvaluationSettings, FitConfig, MCMCSettings
+from pyro_vae.runs.assembly import build
+from pyro_vae.nn import data_plate, mlp
+from pyro_vae.plumbing.cli import UsageError
+from pyro_vae.runs.config import EvaluationSettings, FitConfig, MCMCSettings
 from pyro_vae.data import RawDataset, load_dataset, load_digits, register_dataset
-from pyro_vae.density import log_joint_terms
+from pyro_vae.program.density import log_joint_terms
 from pyro_vae.fit import fit
 from pyro_vae.models import LatentVariableModel
-from pyro_vae.registry import register_model
+from pyro_vae.plumbing.registry import register_model
 
 PACKAGES = {"pyro_vae": REPO / "pyro_vae", "pyro_vae.models": REPO / "models", "pyro_vae.guides": REPO / "guides"}
 QUIET = {"progress": False, "log": lambda *a: None}
@@ -133,8 +133,8 @@ def test_a_model_file_registers_itself_without_editing_the_package(tmp_path):
     (tmp_path / "models" / "poisson_mlp.py").write_text(textwrap.dedent('''
         import pyro.distributions as dist
         from torch.nn import functional as F
-        from pyro_vae.building_blocks import mlp
-        from pyro_vae.registry import register_model
+        from pyro_vae.nn import mlp
+        from pyro_vae.plumbing.registry import register_model
         from .base import LatentVariableModel
 
         @register_model("poisson_mlp_test")
@@ -149,7 +149,7 @@ def test_a_model_file_registers_itself_without_editing_the_package(tmp_path):
             f"spec = u.spec_from_file_location('pyro_vae.models', '{tmp_path}/models/__init__.py', "
             f"submodule_search_locations=['{tmp_path}/models']); m = u.module_from_spec(spec); "
             "sys.modules['pyro_vae.models'] = m; spec.loader.exec_module(m); "
-            "from pyro_vae.registry import MODELS; print(sorted(MODELS))")
+            "from pyro_vae.plumbing.registry import MODELS; print(sorted(MODELS))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "poisson_mlp_test" in done.stdout and "bernoulli_mlp" in done.stdout

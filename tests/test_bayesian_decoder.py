@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from pyro_vae.evaluate import main as evaluate_main
-from pyro_vae.assembly import build
-from pyro_vae.config import EvaluationSettings
-from pyro_vae.density import log_joint, plug_in_values
+from pyro_vae.runs.assembly import build
+from pyro_vae.runs.config import EvaluationSettings
+from pyro_vae.program.density import log_joint, plug_in_values
 from pyro_vae.fit import FitConfig, fit, load_run
 from pyro_vae.data import load_dataset
 
@@ -70,7 +70,7 @@ def test_bayesian_decoder_with_meanfield_and_evaluate(tmp_path, capsys):
 
 
 def test_bayesian_decoder_needs_a_decoder_network(tmp_path):
-    from pyro_vae.cli import UsageError
+    from pyro_vae.plumbing.cli import UsageError
 
     with pytest.raises(UsageError, match="needs a model with a decoder network"):
         fit(FitConfig(dataset="linear_gaussian", model="linear_gaussian", bayesian_decoder=True, epochs=1,

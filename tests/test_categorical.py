@@ -1,5 +1,5 @@
 """The discrete-latent VAE (issue #27, part B): ``--model categorical_mlp``, its encoder, exact
-enumeration, the Gumbel-softmax objectives (``pyro_vae.relaxed``), and its evaluation and comparison."""
+enumeration, the Gumbel-softmax objectives (``pyro_vae.objectives.relaxed``), and its evaluation and comparison."""
 
 import itertools
 import json
@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from pyro_vae import compare, evaluate
-from pyro_vae.cli import UsageError
-from pyro_vae.config import EvaluationSettings, FitConfig
-from pyro_vae.density import MAX_ENUMERATION, log_joint
+from pyro_vae.plumbing.cli import UsageError
+from pyro_vae.runs.config import EvaluationSettings, FitConfig
+from pyro_vae.program.density import MAX_ENUMERATION, log_joint
 from pyro_vae.fit import fit, main as fit_main
 from pyro_vae.objectives import make_objective
-from pyro_vae.registry import get_guide, get_model
-from pyro_vae.relaxed import Temperature
+from pyro_vae.plumbing.registry import get_guide, get_model
+from pyro_vae.objectives.relaxed import Temperature
 
 QUIET = {"progress": False, "log": lambda *a: None}
 
@@ -193,7 +193,7 @@ def test_a_non_positive_temperature_is_a_usage_error_in_the_api():
     with pytest.raises(UsageError, match="must be positive"):
         FitConfig(elbo="relaxed", temperature=0.0).validate()
     with pytest.raises(UsageError, match="relaxes one-hot latents"):
-        from pyro_vae.assembly import build
+        from pyro_vae.runs.assembly import build
         from pyro_vae.data import load_dataset
         build(FitConfig(model="bernoulli_mlp", elbo="relaxed"), load_dataset("digits", None, None, torch.device("cpu")))
 

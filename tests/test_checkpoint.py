@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-from pyro_vae.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from pyro_vae.files import atomic_path
+from pyro_vae.plumbing.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pyro_vae.plumbing.files import atomic_path
 from pyro_vae.fit import FitConfig, fit, load_run
 
 
@@ -36,7 +36,7 @@ def test_round_trip_tensors_and_rng(tmp_path):
 def test_pickled_code_is_refused_without_running(tmp_path):
     marker = tmp_path / "code-ran"
     path = tmp_path / "evil.pt"
-    torch.save({"format": "pyro_vae.checkpoint/1", "payload": CodePayload(marker)}, path)
+    torch.save({"format": "pyro_vae.plumbing.checkpoint/1", "payload": CodePayload(marker)}, path)
     with pytest.raises(CheckpointError, match="evil.pt: refused"):
         load_checkpoint(path)
     assert not marker.exists()

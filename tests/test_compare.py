@@ -87,10 +87,10 @@ def test_fit_from_scratch_compares_three_learners(tmp_path):
     import pyro
     import torch
 
-    from pyro_vae.assembly import build_model, load_data
-    from pyro_vae.config import FitConfig
+    from pyro_vae.runs.assembly import build_model, load_data
+    from pyro_vae.runs.config import FitConfig
     from pyro_vae.models.linear_gaussian import LinearGaussian
-    from pyro_vae.scratch import ScratchSettings, fit_from_scratch
+    from pyro_vae.studies.scratch import ScratchSettings, fit_from_scratch
 
     # 4 steps a pass at a learning rate that moves the decoder in 2 passes (compare's own --lr is 1e-3)
     config = FitConfig(dataset="linear_gaussian", latent_dim=2, hidden_dims=(16,), num_train=100, batch_size=25,

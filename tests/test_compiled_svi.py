@@ -1,4 +1,4 @@
-"""The compiled SVI step (pyro_vae.compiled_svi) against plain pyro.infer.SVI."""
+"""The compiled SVI step (pyro_vae.infer.svi.compiled) against plain pyro.infer.SVI."""
 
 import warnings
 from types import SimpleNamespace
@@ -7,13 +7,13 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.assembly import check_guide_samples_every_latent
-from pyro_vae.cli import UsageError
-from pyro_vae.compiled_svi import CompiledSVI
-from pyro_vae.density import latent_layout
+from pyro_vae.runs.assembly import check_guide_samples_every_latent
+from pyro_vae.plumbing.cli import UsageError
+from pyro_vae.infer.svi.compiled import CompiledSVI
+from pyro_vae.program.density import latent_layout
 from pyro_vae.fit import main
-from pyro_vae.registry import get_guide, get_model, guide_names, model_names
-from pyro_vae.train import make_svi
+from pyro_vae.plumbing.registry import get_guide, get_model, guide_names, model_names
+from pyro_vae.infer.svi.train import make_svi
 
 MODELS = [n for n in model_names() if get_model(n).__module__.startswith("pyro_vae.models.")]
 GUIDES = [n for n in guide_names() if get_guide(n).__module__.startswith("pyro_vae.guides.")]

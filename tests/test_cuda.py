@@ -5,12 +5,12 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae import train
+from pyro_vae.infer.svi import train
 from pyro_vae.infer.mcmc import nuts
 from pyro_vae.data import load_dataset
-from pyro_vae.mcmc import sample_latents
-from pyro_vae.registry import get_guide, get_model
-from pyro_vae.train import make_svi, train_epoch
+from pyro_vae.infer.mcmc.sampling import sample_latents
+from pyro_vae.plumbing.registry import get_guide, get_model
+from pyro_vae.infer.svi.train import make_svi, train_epoch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.assembly import build, load_data
-from pyro_vae.config import FitConfig
+from pyro_vae.plumbing.checkpoint import load_checkpoint
+from pyro_vae.runs.assembly import build, load_data
+from pyro_vae.runs.config import FitConfig
 
 TESTS = Path(__file__).resolve().parent
 COMMON = ["--dataset", "digits", "--num-train", "256", "--num-test", "64", "--hidden-dims", "16", "--latent-dim", "2",

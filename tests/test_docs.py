@@ -452,7 +452,7 @@ def test_there_are_runnable_snippets():
 
 @pytest.mark.parametrize("page, line", sorted(SNIPPETS), ids=[f"{p}:{n}" for p, n in sorted(SNIPPETS)])
 def test_runnable_snippet(page, line, tmp_path, monkeypatch):
-    from pyro_vae import registry
+    from pyro_vae.plumbing import registry
     registry.model_names()  # the built-ins, so that a snippet's registrations can be undone
     saved = dict(registry.MODELS), dict(registry.GUIDES), torch.get_rng_state()
     monkeypatch.chdir(tmp_path)

@@ -7,12 +7,12 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-import pyro_vae.estimators as estimators_module
+import pyro_vae.program.estimators as estimators_module
 from conftest import fit_linear_gaussian
-from pyro_vae.estimators import active_units, elbo_terms, evaluate, log_likelihood
+from pyro_vae.program.estimators import active_units, elbo_terms, evaluate, log_likelihood
 from pyro_vae.evaluate import main
 from pyro_vae.models.linear_gaussian import LinearGaussian
-from pyro_vae.registry import register_model
+from pyro_vae.plumbing.registry import register_model
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_elbo_of_any_guide_is_below_exact(trained):
     model, x = trained.model, trained.data.test_x
     with torch.no_grad():
         exact = model.log_marginal(x)
-    from pyro_vae.registry import get_guide
+    from pyro_vae.plumbing.registry import get_guide
 
     untrained = get_guide("amortized")(model, trained.data.num_train, (16,))
     for proposal in (trained.guide.posterior, untrained.posterior, lambda xb: diagonal(model.exact_posterior(xb))):

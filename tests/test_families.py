@@ -1,5 +1,5 @@
 """Richer variational families: the full_rank and flow guides, their per-point q*, and the gap
-decomposition per family (pyro_vae.local_families, pyro_vae.family_gaps)."""
+decomposition per family (pyro_vae.infer.local_families, pyro_vae.studies.family_gaps)."""
 
 import json
 import math
@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from pyro_vae.compare import main as compare_main
-from pyro_vae.config import EvaluationSettings, FitConfig
-from pyro_vae.estimators import log_likelihood
+from pyro_vae.runs.config import EvaluationSettings, FitConfig
+from pyro_vae.program.estimators import log_likelihood
 from pyro_vae.fit import fit, main as fit_main
-from pyro_vae.flows import Flow, pointwise_flow
+from pyro_vae.nn.flows import Flow, pointwise_flow
 from pyro_vae.infer.ais import AISOptions, ais_log_likelihood
-from pyro_vae.local_families import fit_family_posterior
-from pyro_vae.local_fit import log_weights_u
-from pyro_vae.mcmc import sample_latents
-from pyro_vae.registry import get_guide, get_model
-from pyro_vae.rundir import load_run
-from pyro_vae.train import make_svi
+from pyro_vae.infer.local_families import fit_family_posterior
+from pyro_vae.infer.local_fit import log_weights_u
+from pyro_vae.infer.mcmc.sampling import sample_latents
+from pyro_vae.plumbing.registry import get_guide, get_model
+from pyro_vae.runs.rundir import load_run
+from pyro_vae.infer.svi.train import make_svi
 
 QUIET = {"progress": False, "log": lambda *a: None}
 

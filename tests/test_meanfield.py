@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from conftest import fit_linear_gaussian
-from pyro_vae.density import log_joint_terms
+from pyro_vae.program.density import log_joint_terms
 from pyro_vae.evaluate import main as evaluate_main
-from pyro_vae.config import EvaluationSettings
+from pyro_vae.runs.config import EvaluationSettings
 from pyro_vae.fit import FitConfig, fit
-from pyro_vae.estimators import elbo_terms, log_likelihood
-from pyro_vae.local_fit import fit_local_posterior
-from pyro_vae.rundir import load_run
-from pyro_vae.registry import get_guide, get_model
-from pyro_vae.train import make_svi
+from pyro_vae.program.estimators import elbo_terms, log_likelihood
+from pyro_vae.infer.local_fit import fit_local_posterior
+from pyro_vae.runs.rundir import load_run
+from pyro_vae.plumbing.registry import get_guide, get_model
+from pyro_vae.infer.svi.train import make_svi
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,14 @@ import torch
 
 from pyro_vae import compare, evaluate
 from pyro_vae import fit as fit_command
-from pyro_vae.cli import UsageError
-from pyro_vae.config import FitConfig
-from pyro_vae.density import log_joint
-from pyro_vae.enumerated import exact_posterior, joint_table
+from pyro_vae.plumbing.cli import UsageError
+from pyro_vae.runs.config import FitConfig
+from pyro_vae.program.density import log_joint
+from pyro_vae.program.enumeration import exact_posterior, joint_table
 from pyro_vae.fit import fit
 from pyro_vae.models.gmm import GaussianMixture
-from pyro_vae.rundir import load_run
-from pyro_vae.vimco import leave_one_out
+from pyro_vae.runs.rundir import load_run
+from pyro_vae.objectives.vimco import leave_one_out
 
 QUIET = {"progress": False, "log": lambda *a: None}
 

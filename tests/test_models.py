@@ -2,7 +2,7 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
-from pyro_vae.registry import get_guide, get_model, guide_names, model_names
+from pyro_vae.plumbing.registry import get_guide, get_model, guide_names, model_names
 
 
 @pytest.mark.parametrize("name", ["bernoulli_mlp", "gaussian_mlp"])
@@ -61,7 +61,7 @@ def test_gaussian_likelihood_has_bounded_scale():
 
 
 def test_log_joint_terms_match_trace():
-    from pyro_vae.density import log_joint_terms
+    from pyro_vae.program.density import log_joint_terms
 
     model = get_model("bernoulli_mlp")(data_dim=12, latent_dim=3)
     x = torch.rand(5, 12).round()
@@ -77,7 +77,7 @@ def test_softplus_is_torchs_with_its_gradient():
     F.softplus to float rounding over the whole range, and so is its gradient, sigmoid."""
     import torch.nn.functional as F
 
-    from pyro_vae.building_blocks import ACTIVATIONS, Softplus, softplus
+    from pyro_vae.nn import ACTIVATIONS, Softplus, softplus
 
     x = torch.cat([torch.linspace(-120, 120, 2001), torch.tensor([0.0, -1e-8, 1e-8, 25.0])]).requires_grad_(True)
     value = softplus(x)

@@ -68,7 +68,8 @@ def test_default_comparison_runs_nuts_long_enough_to_converge(tmp_path, monkeypa
     documents (4 x (500 + 500) flagged its own reference on the default digits comparison, R-hat
     1.017): the sampler is called with them, the run records and stores that many draws, and on a
     small fixed problem they reach R-hat <= 1.01 with no warning."""
-    from pyro_vae import mcmc, posterior_comparison
+    from pyro_vae.infer.mcmc import sampling as mcmc
+    from pyro_vae.studies import posterior_comparison
 
     calls = []
     real = posterior_comparison.sample_latents

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from pyro_vae.evaluate import main as evaluate_main
-from pyro_vae.config import EvaluationSettings, MCMCSettings
+from pyro_vae.runs.config import EvaluationSettings, MCMCSettings
 from pyro_vae.fit import FitConfig, fit, load_run, main
 from pyro_vae.models.linear_gaussian import LinearGaussian
-from pyro_vae.mcmc import diagnose, inference_data, sample_latents
+from pyro_vae.infer.mcmc.sampling import diagnose, inference_data, sample_latents
 
 QUIET = {"progress": False, "log": lambda *a: None}
 

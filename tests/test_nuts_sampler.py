@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
-from pyro_vae import mcmc, recording
+from pyro_vae.infer import recording
+from pyro_vae.infer.mcmc import sampling as mcmc
 from pyro_vae.infer.mcmc import adaptation, chees, nuts, trees
-from pyro_vae.building_blocks import frozen
-from pyro_vae.density import latent_layout, log_density_for_sampler, log_joint_terms
-from pyro_vae.mcmc import sample_latents, sampler_target
-from pyro_vae.registry import get_model, model_names
+from pyro_vae.nn import frozen
+from pyro_vae.program.density import latent_layout, log_density_for_sampler, log_joint_terms
+from pyro_vae.infer.mcmc.sampling import sample_latents, sampler_target
+from pyro_vae.plumbing.registry import get_model, model_names
 
 
 def gaussian_target(n_points=6, dim=2, seed=0):

@@ -10,11 +10,11 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from conftest import REPO
-from pyro_vae.bounds import IWAE, IWAE_DReG, ReweightedWakeSleep
+from pyro_vae.objectives.particles import IWAE, IWAE_DReG, ReweightedWakeSleep
 from pyro_vae.objectives import ELBOS, make_objective
-from pyro_vae.registry import get_guide, get_model
-from pyro_vae.score_function import ScoreFunctionELBO
-from pyro_vae.train import make_svi
+from pyro_vae.plumbing.registry import get_guide, get_model
+from pyro_vae.objectives.score_function import ScoreFunctionELBO
+from pyro_vae.infer.svi.train import make_svi
 
 DATA_DIM, LATENT_DIM = 5, 2
 

@@ -15,14 +15,14 @@ import torch
 
 from quadrature import posterior_on_grid
 from test_reliability import StopAfter
-from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.config import EvaluationSettings, FitConfig
+from pyro_vae.plumbing.checkpoint import load_checkpoint
+from pyro_vae.runs.config import EvaluationSettings, FitConfig
 from pyro_vae.fit import fit, resume
 from pyro_vae.infer import ais
 from pyro_vae.infer.ais import AISOptions
-from pyro_vae.mcmc import sample_latents
-from pyro_vae.registry import get_model
-from pyro_vae.train import Interrupted
+from pyro_vae.infer.mcmc.sampling import sample_latents
+from pyro_vae.plumbing.registry import get_model
+from pyro_vae.infer.svi.train import Interrupted
 
 QUIET = {"progress": False, "log": lambda *a: None}
 TESTS = Path(__file__).resolve().parent
@@ -173,7 +173,7 @@ def test_nuts_matches_quadrature_on_a_skewed_posterior():
 
 
 # ------------------------------------------------------------------ data-parallel SVI of a stochastic guide
-# (pyro_vae/distributed.py: ranks shard each global minibatch, draw their own noise, and the weighted
+# (pyro_vae/infer/svi/distributed.py: ranks shard each global minibatch, draw their own noise, and the weighted
 # all-reduce makes the update that of one process on the whole global batch)
 
 

@@ -1,4 +1,4 @@
-"""The one recorder (pyro_vae.recording) and the Pyro internals compiled SVI relies on."""
+"""The one recorder (pyro_vae.infer.recording) and the Pyro internals compiled SVI relies on."""
 
 import inspect
 import warnings
@@ -9,9 +9,9 @@ import torch
 from pyro.infer import Trace_ELBO
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from pyro_vae import recording
-from pyro_vae.compiled_svi import PATCHED, loss_stays_on_device
-from pyro_vae.registry import get_guide, get_model
+from pyro_vae.infer import recording
+from pyro_vae.infer.svi.compiled import PATCHED, loss_stays_on_device
+from pyro_vae.plumbing.registry import get_guide, get_model
 
 
 def affine(a, b):

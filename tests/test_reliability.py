@@ -17,13 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyro_vae import compare, evaluate, fit as fit_module
-from pyro_vae.assembly import build
+from pyro_vae.runs.assembly import build
 from pyro_vae.data import load_dataset
-from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.cli import UsageError
-from pyro_vae.config import EvaluationSettings
+from pyro_vae.plumbing.checkpoint import load_checkpoint
+from pyro_vae.plumbing.cli import UsageError
+from pyro_vae.runs.config import EvaluationSettings
 from pyro_vae.fit import FitConfig, fit, main, resume
-from pyro_vae.train import Interrupted, NonFiniteLoss, make_svi, train_epoch
+from pyro_vae.infer.svi.train import Interrupted, NonFiniteLoss, make_svi, train_epoch
 
 QUIET = {"progress": False, "log": lambda *a: None}
 

@@ -4,10 +4,10 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_vae.data import load_dataset
-from pyro_vae.density import log_joint
-from pyro_vae.registry import get_guide, get_model
-from pyro_vae.estimators import elbo_terms
-from pyro_vae.train import make_svi, train_epoch
+from pyro_vae.program.density import log_joint
+from pyro_vae.plumbing.registry import get_guide, get_model
+from pyro_vae.program.estimators import elbo_terms
+from pyro_vae.infer.svi.train import make_svi, train_epoch
 
 
 def _setup(seed=0):

@@ -37,13 +37,13 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-from pyro_vae.building_blocks import frozen, seeded_global_rng
-from pyro_vae.density import layout_of, observation, prior_draws, unconstrained_terms
-from pyro_vae.estimators import mean_and_se
+from pyro_vae.nn import frozen, seeded_global_rng
+from pyro_vae.program.density import layout_of, observation, prior_draws, unconstrained_terms
+from pyro_vae.program.estimators import mean_and_se
 from pyro_vae.infer.mcmc.adaptation import initial_step_size
 from pyro_vae.infer.mcmc.integrators import HMCState, Leapfrog
 from pyro_vae.infer.mcmc.metrics import dot, identity_metric, per_chain, select
-from pyro_vae.recording import record
+from pyro_vae.infer.recording import record
 
 TARGET_ACCEPT = 0.65  # optimal for HMC in high dimension (Beskos et al. 2013); Wu et al.'s target
 STEP_GROW, STEP_SHRINK, STEP_MIN, STEP_MAX, ACCEPT_SMOOTHING = 1.02, 0.98, 1e-4, 0.5, 0.9

@@ -46,7 +46,7 @@ from pyro_vae.infer.mcmc.integrators import HMCState, Leapfrog, init
 from pyro_vae.infer.mcmc.metrics import (dense_block_metric, identity_metric, kinetic_energy, sample_momentum, select,
                                          velocity)
 from pyro_vae.infer.mcmc.trees import MAX_ENERGY_ERROR
-from pyro_vae.recording import record, resolve_compile
+from pyro_vae.infer.recording import record, resolve_compile
 
 TARGET_ACCEPT = 0.651  # the harmonic mean of the acceptance probabilities (Hoffman et al. 2021, after Beskos et al.)
 LEARNING_RATE = 0.025  # on log T: TFP's GradientBasedTrajectoryLengthAdaptation defaults, here and below

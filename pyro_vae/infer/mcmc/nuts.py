@@ -23,7 +23,7 @@ from pyro_vae.infer.mcmc.adaptation import window_adaptation
 from pyro_vae.infer.mcmc.integrators import HMCState, Leapfrog, init
 from pyro_vae.infer.mcmc.metrics import kinetic_energy, sample_momentum
 from pyro_vae.infer.mcmc.trees import Subtree, Tree, checkpoint_masks, open_subtree, record_steps
-from pyro_vae.recording import resolve_compile
+from pyro_vae.infer.recording import resolve_compile
 
 __all__ = ["HMCState", "Kernel", "NUTSInfo", "build_kernel", "init", "sample", "step"]
 

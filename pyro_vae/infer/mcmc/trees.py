@@ -23,7 +23,7 @@ import torch
 
 from pyro_vae.infer.mcmc.integrators import Leapfrog
 from pyro_vae.infer.mcmc.metrics import dot, per_chain, select, velocity
-from pyro_vae.recording import record
+from pyro_vae.infer.recording import record
 
 MAX_ENERGY_ERROR = 1000.0  # a leapfrog step whose energy grows by more than this diverged (Stan's threshold)
 

@@ -1,0 +1,147 @@
+"""Test-time inference without an encoder: a Gaussian per point, fitted with
+the model's weights fixed (classical variational inference on new data).
+
+``fit_local_posterior`` is the optimiser; ``WarmStarts`` is a small bounded
+cache of its answers, keyed by a handle the caller chooses ("test", say),
+so that asking again about the same points under a slowly changing decoder
+starts from the last answer.
+"""
+
+import math
+from collections import OrderedDict
+from contextlib import contextmanager
+
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+
+from pyro_vae.nn import frozen
+from pyro_vae.program.density import layout_of, unconstrained_terms
+
+INIT_SCALE = 0.1
+
+
+@contextmanager
+def fixed_model(model):
+    """Optimise local parameters against ``model`` with its weights fixed:
+    callers may be under no_grad (evaluation) or inside a Pyro trace (a guide
+    program, whose trace must not see the model's sites)."""
+    with frozen(model), torch.enable_grad(), poutine.block():
+        yield
+
+
+def log_weights_u(model, q, x, u, fixed=None):
+    """log p(x, z(u)) + log |det dz/du| - log q(u): the log weights of a q over the flat unconstrained
+    latents u (``density.Layout``; u is z for the built-in models)."""
+    log_lik, log_prior = unconstrained_terms(model, x, u, fixed)
+    return log_lik + log_prior - q.log_prob(u)
+
+
+def elbo_step(model, x, loc, log_scale, optimizer, num_particles=1, fixed=None):
+    """One optimiser step on (m, log s) up the per-point ELBO
+    E_q[log p(x_i, z_i) - log q(z_i)], estimated with ``num_particles``
+    reparameterised draws; returns the per-point estimate (detached)."""
+    q = dist.Normal(loc, log_scale.exp()).to_event(1)
+    elbo = log_weights_u(model, q, x, q.rsample((num_particles,)), fixed).mean(0)
+    optimizer.zero_grad()
+    (-elbo.sum()).backward()
+    optimizer.step()
+    return elbo.detach()
+
+
+def refine(model, x, loc, log_scale, steps, lr, num_particles=1, fixed=None):
+    """``steps`` Adam steps on q(z_i) = N(m_i, diag s_i^2), from (``loc``,
+    ``log_scale``), up each point's ELBO with the model fixed: the local
+    optimisation of stochastic VB (Hoffman et al. 2013) and of semi-amortized
+    inference (Kim et al. 2018). Returns the refined (m, log s), detached: no
+    gradient flows back through the refinement."""
+    loc = loc.detach().clone().requires_grad_(True)
+    log_scale = log_scale.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
+    with fixed_model(model):
+        for _ in range(steps):
+            elbo_step(model, x, loc, log_scale, optimizer, num_particles, fixed)
+    return loc.detach(), log_scale.detach()
+
+
+def fit_local_posterior(model, x, num_particles=8, lr=0.05, max_steps=3000, window=50, tol=1e-3, init=None,
+                        fixed=None):
+    """Fit q(u_i) = N(m_i, diag s_i^2) to each row x_i of ``x`` with the
+    model fixed, u the flat unconstrained latents (z for the built-in models;
+    ``posteriors.as_posterior`` turns q into one over the model's sites).
+
+    Maximises sum_i ELBO_i = E_q[log p(x_i, z_i) - log q(z_i)] with Adam on
+    (m, log s), the expectation estimated with ``num_particles``
+    reparameterised draws per point and step, all points in one batch (the
+    objective is a sum of independent terms and Adam is elementwise, so this
+    is per-point optimisation). Stopping rule: every ``window`` steps, the
+    mean ELBO per point over the last window is compared with the window
+    before; stop when it improved by less than ``tol`` nats, or after
+    ``max_steps``. The answer is the average of (m, log s) over the last
+    window (Polyak averaging): with a constant step size the last iterate
+    jitters around the optimum by about ``lr``, the average much less.
+    Starts from ``init`` (a Normal, e.g. an encoder's q) or from m = 0, s = 0.1.
+
+    Returns (q, steps): q a ``Normal(m, s).to_event(1)`` with batch shape
+    (len(x),), detached; steps the number of Adam steps taken.
+    """
+    if init is not None:
+        loc = init.mean.detach().clone()
+        log_scale = init.variance.detach().sqrt().log().clone()
+    else:
+        dim = layout_of(model, x, fixed).dim
+        loc = torch.zeros(len(x), dim, device=x.device)
+        log_scale = torch.full((len(x), dim), math.log(INIT_SCALE), device=x.device)
+    loc.requires_grad_(True)
+    log_scale.requires_grad_(True)
+    optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
+    history, previous, steps = [], None, 0
+    loc_sum, log_scale_sum = torch.zeros_like(loc), torch.zeros_like(log_scale)
+    with fixed_model(model):
+        while steps < max_steps:
+            elbo = elbo_step(model, x, loc, log_scale, optimizer, num_particles, fixed)
+            steps += 1
+            history.append(elbo.mean().item())
+            loc_sum += loc.detach()
+            log_scale_sum += log_scale.detach()
+            if len(history) == window:
+                current = sum(history) / window
+                if previous is not None and current - previous < tol:
+                    break
+                previous, history = current, []
+                loc_sum, log_scale_sum = torch.zeros_like(loc), torch.zeros_like(log_scale)
+    n = len(history)
+    if n == 0:  # stopped right after a window was reset: the current iterate
+        return dist.Normal(loc.detach(), log_scale.detach().exp()).to_event(1), steps
+    return dist.Normal(loc_sum / n, (log_scale_sum / n).exp()).to_event(1), steps
+
+
+class WarmStarts:
+    """At most ``size`` past answers of :func:`fit_local_posterior`, keyed by
+    a caller's handle, least recently used first out. Its ``state`` is
+    tensors and strings only, so a guide can keep it in its state dict (a
+    resumed run then repeats its warm starts exactly)."""
+
+    def __init__(self, size=4):
+        self.size = size
+        self.entries = OrderedDict()
+
+    def get(self, key, rows):
+        """The stored answer for ``key`` if it was for ``rows`` points, else None."""
+        entry = self.entries.get(key)
+        if entry is None or len(entry["loc"]) != rows:
+            return None
+        self.entries.move_to_end(key)
+        return dist.Normal(entry["loc"], entry["scale"]).to_event(1)
+
+    def put(self, key, q):
+        self.entries[key] = {"loc": q.mean, "scale": q.stddev}
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+    def state(self):
+        return {"keys": list(self.entries), "values": list(self.entries.values())}
+
+    def load(self, state):
+        self.entries = OrderedDict(zip(state["keys"], state["values"]))
