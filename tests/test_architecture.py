@@ -77,6 +77,63 @@ def import_cycle(packages=PACKAGES):
     return next((cycle for cycle in (visit(node, []) for node in sorted(graph)) if cycle), None)
 
 
+# The layers, lowest first: a module imports from its own layer or those below it, never above. The
+# package's own __init__ is the Python API (``import pyro_vae as pv``), above everything but the commands.
+LAYERS = [
+    ("pyro_vae.plumbing", "pyro_vae.nn"),
+    ("pyro_vae.data",),
+    ("pyro_vae.program",),
+    ("pyro_vae.objectives",),
+    ("pyro_vae.infer",),
+    ("pyro_vae.models", "pyro_vae.guides"),
+    ("pyro_vae.runs",),
+    ("pyro_vae.studies",),
+    ("pyro_vae",),
+    ("pyro_vae.fit", "pyro_vae.evaluate", "pyro_vae.compare"),
+]
+
+
+def layer_of(name, layers=LAYERS):
+    """The index in ``layers`` of the longest prefix that names ``name``'s package."""
+    best = max(((len(prefix), i) for i, group in enumerate(layers) for prefix in group
+                if name == prefix or name.startswith(prefix + ".")), default=None)
+    return None if best is None else best[1]
+
+
+def imports_pointing_up(packages=PACKAGES, layers=LAYERS):
+    """(importer, imported) for every import from a lower layer to a higher one."""
+    found = modules(packages)
+    return sorted((name, target) for name, path in found.items() for target in imports_of(name, path, found)
+                  if layer_of(target, layers) > layer_of(name, layers))
+
+
+def test_every_module_has_a_layer():
+    assert [name for name in modules() if layer_of(name) is None] == []
+
+
+def test_imports_point_down_the_layers():
+    assert imports_pointing_up() == []
+
+
+def test_the_layer_check_sees_an_import_pointing_up(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "low").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "low" / "__init__.py").write_text("")
+    (package / "low" / "a.py").write_text("def f():\n    from pkg import high\n")
+    (package / "high.py").write_text("from pkg.low import a\n")
+    layers = [("pkg.low",), ("pkg.high",), ("pkg",)]
+    assert imports_pointing_up({"pkg": package}, layers) == [("pkg.low.a", "pkg.high")]
+    (package / "low" / "a.py").write_text("import torch\n")
+    assert imports_pointing_up({"pkg": package}, layers) == []
+
+
+def test_the_top_of_the_package_is_small():
+    """At most 12 entries at the top of pyro_vae/: the commands, the API and a folder per job."""
+    entries = [p.name for p in (REPO / "pyro_vae").iterdir() if p.name != "__pycache__"]
+    assert len(entries) <= 12, sorted(entries)
+
+
 def test_project_import_graph_is_acyclic():
     cycle = import_cycle()
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
