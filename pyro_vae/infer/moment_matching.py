@@ -5,9 +5,7 @@ import torch
 from torch import nn
 
 from pyro_vae.program.density import layout_of
-from pyro_vae.program.density import layout_of
 from pyro_vae.infer.local_fit import fit_local_posterior
-from pyro_vae.program.posteriors import as_posterior
 from pyro_vae.program.posteriors import as_posterior
 
 

@@ -35,12 +35,3 @@ def write_text(path, text):
 
 def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def write_text(path, text):
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2) + "\n")
