@@ -18,12 +18,12 @@ from pyro_vae.nn import ACTIVATIONS
 from pyro_vae.plumbing.cli import UsageError, positive_int
 from pyro_vae.data import BINARIZE_MODES
 from pyro_vae.nn.flows import FLOWS
+from pyro_vae.infer.mcmc import SAMPLERS
 from pyro_vae.objectives import ELBOS, objective_problem
 from pyro_vae.objectives.relaxed import Temperature, temperature_problem
 
 INFERENCE = ("svi", "nuts", "em")
 NUTS_MODES = ("fixed-decoder", "mcem")
-SAMPLERS = ("nuts", "chees")  # mcmc.sample_latents's samplers
 DEVICES = "auto, cpu, cuda or cuda:N"
 
 

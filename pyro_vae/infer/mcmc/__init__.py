@@ -9,5 +9,10 @@ One module per job, lower layers first (nothing imports upwards):
   windows), handed the kernel's ``step`` as an argument;
 - ``nuts``: the NUTS kernel (``init``, ``step``) and the ``sample`` driver
   that strings warm-up and draws together;
-- ``chees``: ChEES-HMC, every point its own chains, jittered trajectories.
+- ``chees``: ChEES-HMC, every point its own chains, jittered trajectories;
+- ``sampling``: the samplers on a model's latents (``sample_latents``),
+  ArviZ's InferenceData and diagnostics, and Monte Carlo EM.
 """
+
+# The samplers ``sampling.sample_latents`` runs; ``--sampler`` offers these names.
+SAMPLERS = ("nuts", "chees")

@@ -18,9 +18,8 @@ import pyro
 import torch
 
 from pyro_vae.nn import frozen
-from pyro_vae.runs.config import SAMPLERS
 from pyro_vae.program.density import layout_of, log_density_for_sampler, unconstrained_terms
-from pyro_vae.infer.mcmc import chees, nuts
+from pyro_vae.infer.mcmc import SAMPLERS, chees, nuts
 from pyro_vae.infer.recording import resolve_compile
 
 RHAT_LIMIT = 1.01
