@@ -94,7 +94,7 @@ def draws_digest(path):
 
 def collect(name, run_dir):
     found = {}
-    for file in ("summary.json", "eval.json", "report.json"):
+    for file in ("summary.json", "eval.json", "report.json", "families.json"):
         if (run_dir / file).exists():
             found.update({f"{file}:{k}": v for k, v in numbers(json.loads((run_dir / file).read_text())).items()})
     if name in ("nuts", "chees"):
