@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from pyro_vae.data import load_dataset
 from pyro_vae.plumbing.registry import get_guide, get_model
 from pyro_vae.program.estimators import elbo_terms
-from pyro_vae.objectives import WITH_BASELINE, WITH_PARTICLES
+from pyro_vae.objectives import ELBOS
 from pyro_vae.infer.svi.train import NonFiniteLoss, make_svi, train_epoch
 
 LOG_2PI = math.log(2 * math.pi)
@@ -135,12 +135,12 @@ def main():
 
     objective_pairs = {}
     for elbo in filter(None, args.objectives.split(",")):
-        particles = args.particles if elbo in WITH_PARTICLES else 1
+        particles = args.particles if ELBOS[elbo].particles else 1
         torch.manual_seed(args.seed)
         pair = pyro_pair()
         label = f"pyro_vae {elbo}" + (f" K={particles}" if particles > 1 else "")
         objective_pairs[label] = (pair, make_svi(*pair, lr=1e-3, elbo=elbo, particles=particles,
-                                                 baseline="average" if elbo in WITH_BASELINE else "none"))
+                                                 baseline="average" if ELBOS[elbo].baseline else "none"))
 
     trainers = {
         "pytorch": lambda: pytorch_epoch(vae, torch_optim, data, args.batch_size),

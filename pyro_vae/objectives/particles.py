@@ -5,9 +5,12 @@ model (replayed at the guide's values) once, inside ``pyro.plate("particles",
 K, dim=-2)``, left of the data plate: K draws per data point in one pass.
 The log weights are per data point,
 
-    log w_{k,i} = sum of the per-point sites' unscaled log p(x_i, z_{k,i}) - log q(z_{k,i} | x_i),
+    log w_{k,i} = log p~(x_i, z_{k,i}) - log q~(z_{k,i} | x_i),
 
-and every loss is on the full-data scale: (N / B) times a sum over the B
+log p~ and log q~ the sums over the per-point sites of their log densities, masked as Pyro's
+ELBOs mask them (``poutine.mask``, ``obs_mask``) and scaled by any ``poutine.scale`` but not by
+the data plate's subsampling (``primitives.log_density``); so with K = 1 each bound's value is
+``Trace_ELBO``'s estimate. Every loss is on the full-data scale: (N / B) times a sum over the B
 rows of the minibatch (the data plate's scale), in nats.
 
 Why not Pyro's own pieces: ``RenyiELBO(alpha=0)`` is the IWAE bound but its
@@ -24,7 +27,6 @@ with continuous, reparameterisable guide sites and no global latent sites
 """
 
 import contextlib
-import math
 
 import pyro
 import pyro.poutine as poutine
@@ -32,8 +34,9 @@ import torch
 from pyro.infer import ELBO
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vae.program.density import DATA_PLATE
-from pyro_vae.objectives.score_function import NonReparam, is_per_point
+from pyro_vae.objectives.primitives import (NonReparam, add_gradients, data_scale, iwae_bound, log_density,
+                                            parameters, per_point_sites)
+from pyro_vae.program.density import is_per_point
 
 PARTICLES = "particles"
 
@@ -68,44 +71,6 @@ def check_sites(model_trace, guide_trace, reparameterised=True):
                 raise ValueError(f"guide site {name!r} is not reparameterisable")
 
 
-def site_log_prob(trace, observed=None):
-    """The sum over the per-point sample sites of ``trace`` (observed ones only, unobserved ones only,
-    or all) of their unscaled log densities, broadcast to (K, B)."""
-    total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and is_per_point(site) and observed in (None, site["is_observed"]):
-            total = total + site["fn"].log_prob(site["value"])
-    return total
-
-
-def data_scale(trace):
-    """N / B, the data plate's scale: the full size over the minibatch's."""
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and is_per_point(site):
-            frame = next(f for f in site["cond_indep_stack"] if f.name == DATA_PLATE)
-            return (frame.full_size or frame.size) / frame.size
-    raise ValueError("the model has no site in the data plate")
-
-
-def parameters(trace):
-    """The unconstrained tensors of the params a trace touched (what SVI's optimiser steps)."""
-    return [site["value"].unconstrained() for site in trace.nodes.values() if site["type"] == "param"]
-
-
-def add_gradients(loss, params, retain_graph=False):
-    """Accumulate d loss / d params into ``.grad`` (params the loss does not reach are skipped)."""
-    params = [p for p in dict.fromkeys(params) if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain_graph)
-    for p, g in zip(params, grads):
-        if g is not None:
-            p.grad = g if p.grad is None else p.grad + g
-
-
-def iwae_bound(log_w):
-    """log (1/K) sum_k w_k per data point, from (K, B) log weights."""
-    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
-
-
 class ParticleObjective(ELBO):
     """Shared by the objectives below: ``num_particles`` K, one vectorised pass per step."""
 
@@ -125,7 +90,7 @@ class ParticleObjective(ELBO):
         """-(N/B) sum_i log (1/K) sum_k w_{k,i}, the negative IWAE bound (no gradients)."""
         with torch.no_grad():
             model_trace, guide_trace = self.traces(model, guide, args, kwargs)
-            log_w = site_log_prob(model_trace) - site_log_prob(guide_trace)
+            log_w = log_density(model_trace) - log_density(guide_trace)
             return -(data_scale(model_trace) * iwae_bound(log_w).sum()).item()
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
@@ -145,7 +110,7 @@ class IWAE(ParticleObjective):
     jointly over the minibatch (module docstring), so the bound is written here."""
 
     def backward(self, model, guide, args, kwargs, model_trace, guide_trace, scale):
-        loss = -scale * iwae_bound(site_log_prob(model_trace) - site_log_prob(guide_trace)).sum()
+        loss = -scale * iwae_bound(log_density(model_trace) - log_density(guide_trace)).sum()
         loss.backward()
         return loss.detach()
 
@@ -159,16 +124,15 @@ class IWAE_DReG(ParticleObjective):
     (so a hierarchical guide's later sites see detached parents). No Pyro piece does this."""
 
     def backward(self, model, guide, args, kwargs, model_trace, guide_trace, scale):
-        log_p, log_q = site_log_prob(model_trace), site_log_prob(guide_trace)
+        log_p, log_q = log_density(model_trace), log_density(guide_trace)
         log_w = log_p - log_q
         loss = -scale * iwae_bound(log_w).sum()
         model_params = set(parameters(model_trace)) - set(parameters(guide_trace))
         add_gradients(loss, model_params, retain_graph=True)
-        detached = {name: site["value"].detach() for name, site in guide_trace.nodes.items()
-                    if site["type"] == "sample" and is_per_point(site)}
+        detached = {site["name"]: site["value"].detach() for site in per_point_sites(guide_trace)}
         with pyro.plate(PARTICLES, self.num_particles, dim=-2):
             fixed_trace = poutine.trace(poutine.condition(guide, data=detached)).get_trace(*args, **kwargs)
-        path_log_w = log_p - (log_q - site_log_prob(fixed_trace))
+        path_log_w = log_p - (log_q - log_density(fixed_trace))
         weights = torch.softmax(log_w.detach(), dim=0)
         surrogate = -scale * (weights**2 * path_log_w).sum()
         add_gradients(surrogate, parameters(guide_trace))
@@ -186,7 +150,7 @@ class ReweightedWakeSleep(ParticleObjective):
     reparameterised = False
 
     def backward(self, model, guide, args, kwargs, model_trace, guide_trace, scale):
-        log_p, log_q = site_log_prob(model_trace), site_log_prob(guide_trace)
+        log_p, log_q = log_density(model_trace), log_density(guide_trace)
         log_w = log_p - log_q.detach()
         loss = -scale * iwae_bound(log_w).sum()  # its gradient: the model's IWAE gradient (z, log q detached)
         weights = torch.softmax(log_w.detach(), dim=0)
@@ -210,15 +174,13 @@ class WakeSleep(ParticleObjective):
         super().__init__(num_particles=1)
 
     def backward(self, model, guide, args, kwargs, model_trace, guide_trace, scale):
-        log_p, log_q = site_log_prob(model_trace), site_log_prob(guide_trace)
+        log_p, log_q = log_density(model_trace), log_density(guide_trace)
         (-scale * log_p.sum()).backward()  # wake: the model's parameters only (z detached)
         x, *rest = args
         with torch.no_grad():
             dream = poutine.trace(poutine.uncondition(model)).get_trace(x, *rest, **kwargs)
-        values = {name: site["value"].detach() for name, site in dream.nodes.items()
-                  if site["type"] == "sample" and is_per_point(site)}
-        dreamt_x = next(values.pop(name) for name, site in model_trace.nodes.items()
-                        if site["type"] == "sample" and site["is_observed"] and is_per_point(site))
+        values = {site["name"]: site["value"].detach() for site in per_point_sites(dream)}
+        dreamt_x = next(values.pop(site["name"]) for site in per_point_sites(model_trace) if site["is_observed"])
         sleep_trace = poutine.trace(poutine.condition(guide, data=values)).get_trace(dreamt_x, *rest, **kwargs)
-        (-scale * site_log_prob(sleep_trace).sum()).backward()  # sleep: the guide's parameters only
+        (-scale * log_density(sleep_trace).sum()).backward()  # sleep: the guide's parameters only
         return -scale * (log_p.detach() - log_q.detach()).sum()

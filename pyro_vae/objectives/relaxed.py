@@ -32,13 +32,12 @@ from typing import NamedTuple
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 
-from pyro_vae.objectives.particles import data_scale
-from pyro_vae.objectives.score_function import is_per_point
-
-RELAXED = ("relaxed", "relaxed-st")  # the objectives the temperature settings apply to
+from pyro_vae.objectives.primitives import data_scale, per_point_sites, plates_scale, point_log_prob
+from pyro_vae.program.density import is_per_point
 
 
 class Temperature(NamedTuple):
@@ -52,34 +51,22 @@ class Temperature(NamedTuple):
         return max(self.minimum, self.initial * math.exp(-self.rate * step))
 
 
-def temperature_problem(elbo, temperature):
-    """Why ``temperature`` (a :class:`Temperature`) cannot be used with ``--elbo elbo`` (one line), or None."""
-    initial, minimum, rate = temperature
-    if not (0 < initial < math.inf and 0 < minimum < math.inf):
-        return f"--temperature and --min-temperature must be positive, got {initial} and {minimum}"
-    if not 0 <= rate < math.inf:
-        return f"--anneal-rate must be non-negative, got {rate}"
-    if elbo not in RELAXED and tuple(temperature) != tuple(Temperature()):
-        return f"--temperature, --min-temperature and --anneal-rate apply to --elbo {' and '.join(RELAXED)}, not {elbo}"
-    if minimum > initial:
-        return f"--min-temperature {minimum} is above --temperature {initial}"
-    return None
+RELAXES = "relaxes"  # the key of a relaxed site's infer dict that holds the discrete q it replaced
 
 
 class Relax(Messenger):
     """Unobserved per-point ``OneHotCategorical`` sites draw from their relaxation at ``temperature``;
-    ``discrete`` maps each such site's name to the discrete distribution it replaced."""
+    each such site keeps the discrete distribution it replaced in ``infer[RELAXES]``."""
 
     def __init__(self, temperature, straight_through=False):
         super().__init__()
         self.temperature, self.straight_through = temperature, straight_through
-        self.discrete = {}
 
     def _pyro_sample(self, msg):
         fn = msg["fn"]
         if msg["is_observed"] or not is_per_point(msg) or not isinstance(fn, torch.distributions.OneHotCategorical):
             return
-        self.discrete[msg["name"]] = fn
+        msg["infer"] = {**msg["infer"], RELAXES: fn}
         relaxed = dist.RelaxedOneHotCategoricalStraightThrough if self.straight_through else dist.RelaxedOneHotCategorical
         msg["fn"] = relaxed(torch.tensor(self.temperature, device=fn.logits.device), logits=fn.logits)
 
@@ -108,29 +95,29 @@ class RelaxedELBO(ELBO):
         self.step = int(state["step"])
 
     def _get_trace(self, model, guide, args, kwargs):
-        """(model_trace, guide_trace, {site: the discrete q it relaxed}): the guide under :class:`Relax`,
-        the model replayed at its relaxed values."""
-        relax = Relax(self.temperature, self.straight_through)
-        with relax:
+        """(model_trace, guide_trace), Pyro's hook: the guide under :class:`Relax` (each relaxed site
+        holding its discrete q in ``infer[RELAXES]``), the model replayed at its relaxed values."""
+        with Relax(self.temperature, self.straight_through):
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-        if not relax.discrete:
+        if not any(RELAXES in site["infer"] for site in per_point_sites(guide_trace)):
             raise ValueError("--elbo relaxed needs OneHotCategorical latent sites in the guide (--model categorical_mlp)")
-        return model_trace, guide_trace, relax.discrete
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        return model_trace, guide_trace
 
     def surrogate(self, model, guide, args, kwargs):
-        """The loss as a differentiable tensor (full-data scale)."""
-        model_trace, guide_trace, discrete = self._get_trace(model, guide, args, kwargs)
+        """The loss as a differentiable tensor (full-data scale). Each per-point site's term is masked and
+        scaled as Pyro's ELBOs count it, less the data plate's N / B, put on once (``primitives``)."""
+        model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
         total = 0.0
-        for name, site in model_trace.nodes.items():
-            if site["type"] != "sample" or not is_per_point(site):
-                continue
-            if name in discrete:
-                total = total - torch.distributions.kl_divergence(discrete[name], site["fn"])
+        for site in per_point_sites(model_trace):
+            guide_site = guide_trace.nodes.get(site["name"])
+            if guide_site is not None and RELAXES in guide_site["infer"]:
+                kl = torch.distributions.kl_divergence(guide_site["infer"][RELAXES], site["fn"])
+                total = total - scale_and_mask(kl, site["scale"] / plates_scale(site), site["mask"])
             elif site["is_observed"]:
-                total = total + site["fn"].log_prob(site["value"])
+                total = total + point_log_prob(site)
             else:  # a continuous latent beside the discrete ones
-                total = total + site["fn"].log_prob(site["value"]) - guide_trace.nodes[name]["fn"].log_prob(site["value"])
+                total = total + point_log_prob(site) - point_log_prob(guide_site)
         return -data_scale(model_trace) * total.sum()
 
     def loss(self, model, guide, *args, **kwargs):

@@ -1,66 +1,21 @@
 """The score-function (REINFORCE) estimator of the ELBO's gradient, ``--elbo score-function``.
 
-:class:`NonReparam` is a small poutine messenger: inside it, every unobserved
-per-point site (in the plate "data") draws its value with ``sample()``
-instead of ``rsample()`` (``fn.has_rsample_(False)``), so no gradient flows
-through z and Pyro's ``TraceGraph_ELBO`` builds the score-function surrogate
-for those sites, optionally with a baseline. The reweighted wake-sleep and
-wake-sleep objectives (``pyro_vae.objectives.particles``) use the same messenger to draw
-detached z.
+Under ``primitives.NonReparam`` every unobserved per-point site (in the plate
+"data") draws its value with ``sample()`` instead of ``rsample()``
+(``fn.has_rsample_(False)``), so no gradient flows through z and Pyro's
+``TraceGraph_ELBO`` builds the score-function surrogate for those sites,
+optionally with a baseline.
 """
 
 import pyro
 import torch
 from pyro.infer import TraceGraph_ELBO
-from pyro.poutine.messenger import Messenger
 
 from pyro_vae.nn import mlp
-from pyro_vae.program.density import DATA_PLATE
+from pyro_vae.objectives.primitives import NonReparam, per_point_sites, point_log_prob
 
 BASELINES = ("none", "average", "learned")
 BASELINE_MODULE = "score_function_baseline"  # the learned baseline's name in the param store
-
-
-def is_per_point(site):
-    """Whether a trace site (or message) lies in the data plate."""
-    return any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"])
-
-
-def detached_sampling(fn):
-    """``fn`` with ``has_rsample_(False)``; a wrapper whose flag is read off its base (``Independent``)
-    passes it down."""
-    try:
-        return fn.has_rsample_(False)
-    except AttributeError:
-        detached_sampling(fn.base_dist)
-        return fn
-
-
-class NonReparam(Messenger):
-    """Unobserved per-point sample sites draw detached values (``has_rsample_(False)``); discrete
-    ones, never reparameterised, get the baseline too.
-
-    ``baseline(msg)``, when given, returns the ``infer["baseline"]`` options
-    of such a site for ``TraceGraph_ELBO``. Enter it *outside* any plate
-    that broadcasts the guide's sites (an expanded distribution is a new
-    instance, without the flag): then this messenger sees each site last.
-    """
-
-    def __init__(self, baseline=None):
-        super().__init__()
-        self.baseline = baseline
-
-    def _pyro_sample(self, msg):
-        if msg["is_observed"] or not is_per_point(msg):
-            return
-        if getattr(msg["fn"], "has_rsample", False):
-            msg["fn"] = detached_sampling(msg["fn"])
-        elif not msg["fn"].support.is_discrete:
-            return
-        # drawn here, not summed: a guide's enumerate mark (for --elbo enum) would make TraceGraph_ELBO warn
-        msg["infer"] = {key: value for key, value in msg["infer"].items() if key != "enumerate"}
-        if self.baseline is not None:
-            msg["infer"] = {**msg["infer"], "baseline": self.baseline(msg)}
 
 
 def baseline_network(data_dim):
@@ -156,8 +111,7 @@ class ScoreFunctionELBO(TraceGraph_ELBO):
             return
         total = 0.0
         for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            for site in trace.nodes.values():
-                if site["type"] == "sample" and is_per_point(site):
-                    total = total + sign * site["fn"].log_prob(site["value"])
+            for site in per_point_sites(trace):
+                total = total + sign * point_log_prob(site)
         mean = total.mean()
         self.average = mean if self.average is None else self.beta * self.average + (1 - self.beta) * mean

@@ -16,7 +16,8 @@ import math
 
 import torch
 
-from pyro_vae.objectives.particles import ParticleObjective, iwae_bound, site_log_prob
+from pyro_vae.objectives.particles import ParticleObjective
+from pyro_vae.objectives.primitives import iwae_bound, log_density
 
 
 def leave_one_out(log_w):
@@ -37,7 +38,7 @@ class VIMCO(ParticleObjective):
     reparameterised = False
 
     def backward(self, model, guide, args, kwargs, model_trace, guide_trace, scale):
-        log_p, log_q = site_log_prob(model_trace), site_log_prob(guide_trace)
+        log_p, log_q = log_density(model_trace), log_density(guide_trace)
         log_w = log_p - log_q
         bound = iwae_bound(log_w)
         detached = log_w.detach()

@@ -42,6 +42,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.transforms import biject_to
+from pyro.distributions.util import scale_and_mask
 from torch.distributions.transforms import ComposeTransform
 from pyro.infer import config_enumerate
 
@@ -119,12 +120,13 @@ class Layout(NamedTuple):
         return isinstance(base, ComposeTransform) and not getattr(base, "parts", ())
 
 
-def _in_data_plate(site):
+def is_per_point(site):
+    """Whether a trace site (or message) lies in the data plate."""
     return any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"])
 
 
 def _per_point_sites(trace):
-    return [(name, site) for name, site in trace.nodes.items() if site["type"] == "sample" and _in_data_plate(site)]
+    return [(name, site) for name, site in trace.nodes.items() if site["type"] == "sample" and is_per_point(site)]
 
 
 def latent_layout(model, x, fixed=None):
@@ -165,13 +167,17 @@ def latent_layout(model, x, fixed=None):
 
 
 def layout_of(model, x, fixed=None):
-    """:func:`latent_layout` on the first rows of ``x``, kept on the model (a program's sites do not
-    change between calls)."""
-    cached = getattr(model, "_pyro_vae_layout", None)
-    if cached is None:
-        cached = latent_layout(model, x[:2], fixed)
-        object.__setattr__(model, "_pyro_vae_layout", cached)  # not a module attribute, not in its state
-    return cached
+    """:func:`latent_layout` on the first rows of ``x``, kept on the model for rows of the same shape,
+    dtype and device and ``fixed`` values of the same names and shapes: what the program's sites, their
+    event shapes and supports can depend on (not the values: the weights change as training goes).
+    Kept because it runs the program once (10-100 ms for the registered models, measured) and the
+    samplers ask for it at every gradient."""
+    key = (tuple(x.shape[1:]), x.dtype, x.device,
+           tuple(sorted((name, tuple(value.shape)) for name, value in (fixed or {}).items())))
+    layouts = model.__dict__.setdefault("_pyro_vae_layouts", {})  # not a module attribute, not in its state
+    if key not in layouts:
+        layouts[key] = latent_layout(model, x[:2], fixed)
+    return layouts[key]
 
 
 def _flat_values(layout, values):
@@ -212,14 +218,13 @@ def trace_program(model, x, values, fixed=None, enumerate_discrete=True):
         return poutine.trace(program).get_trace(x_all), batch
 
 
-def site_log_prob(site):
-    """The site's log density at its value, masked (``poutine.mask``, ``obs_mask``: 0 where the mask is
-    False) and scaled as Pyro's ELBOs count it."""
-    log_prob = site["fn"].log_prob(site["value"])
-    if site["mask"] is not None:
-        log_prob = torch.where(site["mask"], log_prob, torch.zeros_like(log_prob))
-    scale = site["scale"]
-    return log_prob if isinstance(scale, float) and scale == 1.0 else log_prob * scale
+def site_log_prob(site, scale=None):
+    """m * s * log p(value) of a sample site, as Pyro's ELBOs count it (``Trace.compute_log_prob``,
+    ``scale_and_mask``): m the site's mask (``poutine.mask``, ``obs_mask``: 0 where it is False) and s
+    its scale (its plates' subsampling N / B times any ``poutine.scale``), or ``scale`` where given. The
+    one density every estimator and objective reads."""
+    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    return scale_and_mask(log_prob, site["scale"] if scale is None else scale, site["mask"])
 
 
 def sum_out(terms):

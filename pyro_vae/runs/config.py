@@ -19,8 +19,8 @@ from pyro_vae.plumbing.cli import UsageError, positive_int
 from pyro_vae.data import BINARIZE_MODES
 from pyro_vae.nn.flows import FLOWS
 from pyro_vae.infer.mcmc import SAMPLERS
-from pyro_vae.objectives import ELBOS, objective_problem
-from pyro_vae.objectives.relaxed import Temperature, temperature_problem
+from pyro_vae.objectives import ELBOS, objective_problem, temperature_problem
+from pyro_vae.objectives.relaxed import Temperature
 
 INFERENCE = ("svi", "nuts", "em")
 NUTS_MODES = ("fixed-decoder", "mcem")

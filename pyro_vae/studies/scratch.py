@@ -31,7 +31,7 @@ from pyro_vae.program.estimators import log_likelihood, mean_and_se
 from pyro_vae.infer.local_fit import fit_local_posterior
 from pyro_vae.infer.mcmc.sampling import monte_carlo_em
 from pyro_vae.studies.mixture_learners import MIXTURE_LEARNERS, em_curve, has_closed_form
-from pyro_vae.objectives import WITH_BASELINE, WITH_PARTICLES
+from pyro_vae.objectives import ELBOS
 from pyro_vae.runs.figures import save_curves
 from pyro_vae.program.posteriors import as_posterior, guide_posterior
 from pyro_vae.runs.fit_svi import setup
@@ -123,8 +123,8 @@ def svi_learners(settings):
     baseline)."""
     learners = {name: {"guide": name} for name in SVI_LEARNERS}
     for elbo in settings.objectives:
-        particles = settings.particles if elbo in WITH_PARTICLES else 1
-        baseline = "average" if elbo in WITH_BASELINE else "none"
+        particles = settings.particles if ELBOS[elbo].particles else 1
+        baseline = "average" if ELBOS[elbo].baseline else "none"
         name = f"amortized-{elbo}" + (f"-K{particles}" if particles > 1 else "")
         learners[name] = {"guide": "amortized", "elbo": elbo, "particles": particles, "baseline": baseline}
     return learners
