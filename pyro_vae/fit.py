@@ -6,12 +6,9 @@
 
 The inference method (``--inference``) is SVI with a variational family
 (``--guide``) or NUTS; the drivers are ``pyro_vae.runs.fit_svi`` and
-``pyro_vae.runs.fit_nuts``, and this module only parses, calls and reports.
-
-Python API: ``fit(FitConfig(...))`` does exactly what the command does and
-returns the model, guide (or posterior summary) and data with the metrics;
-``resume`` continues a stopped SVI run; ``load_run`` rebuilds a run from its
-directory.
+``pyro_vae.runs.fit_nuts``, and this module only parses the flags into a
+``FitConfig``, calls ``pyro_vae.fit`` (or ``pyro_vae.resume``) and reports.
+The same from Python: ``import pyro_vae as pv; pv.fit(pv.FitConfig(...))``.
 """
 
 import os
@@ -21,55 +18,18 @@ from contextlib import contextmanager
 
 from tqdm import tqdm
 
-from pyro_vae.nn import ACTIVATIONS
-from pyro_vae.plumbing.checkpoint import CheckpointError
-from pyro_vae.plumbing.cli import (ArgumentParser, UsageError, exit_with, int_list, nonnegative_int, positive_float,
-                          positive_int, report_out_of_memory)
-from pyro_vae.runs.config import (COMPILE_MODES, INFERENCE, LR_SCHEDULES, NUTS_MODES, SAMPLERS, EvaluationSettings,
-                             FitConfig, MCMCSettings, add_mixture_arguments)
+from pyro_vae import EvaluationSettings, FitConfig, MCMCSettings, UsageError, fit, resume
 from pyro_vae.data import BINARIZE_MODES, DATASETS, DataError
-from pyro_vae.runs.fit_em import fit_em
-from pyro_vae.runs.fit_nuts import fit_nuts
+from pyro_vae.nn import ACTIVATIONS
 from pyro_vae.nn.flows import FLOW_LAYERS, FLOWS
-from pyro_vae.runs.fit_svi import fit_svi, resume_svi
 from pyro_vae.objectives import ELBOS
 from pyro_vae.objectives.score_function import BASELINES
+from pyro_vae.plumbing.checkpoint import CheckpointError
+from pyro_vae.plumbing.cli import (ArgumentParser, exit_with, int_list, nonnegative_int, positive_float, positive_int,
+                                   report_out_of_memory)
 from pyro_vae.plumbing.registry import guide_names, model_names
-from pyro_vae.runs.rundir import FitResult, load_run  # noqa: F401 (the Python API: pyro_vae.fit.load_run, FitResult)
 from pyro_vae.infer.svi.train import Interrupted, NonFiniteLoss
-
-DEPRECATED_GUIDES = {"nuts": "nuts"}  # --guide NAME that was an inference method -> --inference NAME
-
-
-def fit(config, progress=True, log=print, should_stop=None):
-    """Fit ``config.model`` by ``config.inference`` and write the run directory ``config.out``.
-
-    Inputs: ``config``, a :class:`FitConfig` (validated here: a bad value raises
-    ``UsageError``); ``progress`` (tqdm bars), ``log`` (a print-like callable for
-    the run's lines), ``should_stop`` (polled after every SVI step: a signal
-    handler's flag).
-
-    SVI (``pyro_vae.runs.fit_svi``) maximises the ELBO
-    L(theta, phi) = sum_i E_q(z_i | x_i)[log p_theta(x_i, z_i) - log q_phi(z_i | x_i)]
-    of ``config.guide`` by minibatch steps on the full-data scale; NUTS
-    (``pyro_vae.runs.fit_nuts``) draws z_1..z_N | x_1..x_N under a fixed decoder (or
-    Monte Carlo EM). Returns a ``FitResult``: model, guide (or the MCMC run's
-    moment-matched posterior), data, config, per-epoch metrics, the summary and
-    the run directory."""
-    if config.guide in DEPRECATED_GUIDES:
-        log(f"note: --guide {config.guide} is deprecated; use --inference {DEPRECATED_GUIDES[config.guide]}")
-        config.inference, config.guide = DEPRECATED_GUIDES[config.guide], FitConfig.guide
-    config.validate()
-    if config.inference == "nuts":
-        return fit_nuts(config, progress, log)
-    if config.inference == "em":
-        return fit_em(config, progress, log)
-    return fit_svi(config, progress, log, should_stop)
-
-
-def resume(run_dir, epochs=None, progress=True, log=print, should_stop=None):
-    """Continue the SVI run in ``run_dir`` (see ``pyro_vae.runs.fit_svi.resume_svi``)."""
-    return resume_svi(run_dir, epochs, progress, log, should_stop)
+from pyro_vae.runs.config import COMPILE_MODES, INFERENCE, LR_SCHEDULES, NUTS_MODES, SAMPLERS, add_mixture_arguments
 
 
 def add_flow_arguments(p):

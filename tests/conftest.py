@@ -54,7 +54,7 @@ def fit_linear_gaussian(out, epochs, iwae_samples):
     """linear_gaussian (pPCA) fitted by SVI with the amortized guide: the
     decoder every closed-form check of an estimator starts from."""
     from pyro_vae.runs.config import EvaluationSettings
-    from pyro_vae.fit import FitConfig, fit
+    from pyro_vae import FitConfig, fit
 
     config = FitConfig(dataset="linear_gaussian", latent_dim=2, hidden_dims=(64,), epochs=epochs, lr=1e-2,
                        batch_size=100, out=str(out), evaluation=EvaluationSettings(iwae_samples))

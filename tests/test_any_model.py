@@ -344,7 +344,7 @@ def test_bad_programs_and_modules_are_one_line_errors(tmp_path):
 
 def test_the_two_layer_model_trains_and_its_bounds_order(tmp_path):
     from pyro_vae.runs.config import EvaluationSettings, FitConfig
-    from pyro_vae.fit import fit
+    from pyro_vae import fit
 
     run = fit(FitConfig(model="two_layer", guide="two_layer", latent_dim=2, hidden_dims=(32,), epochs=3,
                         num_train=300, out=str(tmp_path / "r"), evaluation=EvaluationSettings(100, 50)),

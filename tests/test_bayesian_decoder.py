@@ -11,7 +11,7 @@ from pyro_vae.evaluate import main as evaluate_main
 from pyro_vae.runs.assembly import build
 from pyro_vae.runs.config import EvaluationSettings
 from pyro_vae.program.density import log_joint, plug_in_values
-from pyro_vae.fit import FitConfig, fit, load_run
+from pyro_vae import FitConfig, fit, load_run
 from pyro_vae.data import load_dataset
 
 QUIET = {"progress": False, "log": lambda *a: None}

@@ -10,11 +10,13 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae import compare, evaluate
+from pyro_vae.compare import main as compare_main
+from pyro_vae.evaluate import main as evaluate_main
 from pyro_vae.plumbing.cli import UsageError
 from pyro_vae.runs.config import EvaluationSettings, FitConfig
 from pyro_vae.program.density import MAX_ENUMERATION, log_joint
-from pyro_vae.fit import fit, main as fit_main
+from pyro_vae import fit
+from pyro_vae.fit import main as fit_main
 from pyro_vae.objectives import make_objective
 from pyro_vae.plumbing.registry import get_guide, get_model
 from pyro_vae.objectives.relaxed import Temperature
@@ -137,7 +139,7 @@ def enum_run(tmp_path_factory):
 
 def test_evaluate_reports_the_exact_log_px_and_is_close_to_it(enum_run):
     assert json.loads((enum_run / "config.json").read_text())["categories"] == 4  # the model is rebuilt with K = 4
-    evaluate.main([str(enum_run), "--iwae-samples", "500", "--max-examples", "30", "--no-progress"])
+    evaluate_main([str(enum_run), "--iwae-samples", "500", "--max-examples", "30", "--no-progress"])
     results = json.loads((enum_run / "eval.json").read_text())
     exact, sampled = results["exact_log_likelihood"], results["log_likelihood"]
     assert sampled == pytest.approx(exact, abs=0.02)  # 16 configurations, 500 draws from q
@@ -145,7 +147,7 @@ def test_evaluate_reports_the_exact_log_px_and_is_close_to_it(enum_run):
 
 
 def test_compare_has_an_exact_row_and_the_gap(enum_run, tmp_path):
-    compare.main(["--run", str(enum_run), "--subset", "20", "--iwae-samples", "200", "--elbo-samples", "50",
+    compare_main(["--run", str(enum_run), "--subset", "20", "--iwae-samples", "200", "--elbo-samples", "50",
                   "--out", str(tmp_path / "cmp"), "--no-progress"])
     report = json.loads((tmp_path / "cmp" / "report.json").read_text())
     exact = report["exact"]["log_likelihood"]
@@ -163,7 +165,7 @@ def test_every_discrete_objective_trains_the_model(elbo, tmp_path):
     result = fit(config, **QUIET)
     assert math.isfinite(result.summary["log_likelihood"]) and math.isfinite(result.summary["test_elbo"])
     if elbo == "relaxed":  # 10^20 configurations: evaluate importance-samples and reports no exact log p(x)
-        evaluate.main([str(tmp_path / elbo), "--iwae-samples", "20", "--max-examples", "10", "--no-progress"])
+        evaluate_main([str(tmp_path / elbo), "--iwae-samples", "20", "--max-examples", "10", "--no-progress"])
         results = json.loads((tmp_path / elbo / "eval.json").read_text())
         assert "exact_log_likelihood" not in results and math.isfinite(results["log_likelihood"])
 
@@ -200,7 +202,7 @@ def test_a_non_positive_temperature_is_a_usage_error_in_the_api():
 
 def test_nuts_and_ais_refuse_a_model_without_continuous_latents(enum_run, capsys, tmp_path):
     with pytest.raises(SystemExit) as stopped:
-        evaluate.main([str(enum_run), "--estimator", "ais", "--max-examples", "5", "--no-progress"])
+        evaluate_main([str(enum_run), "--estimator", "ais", "--max-examples", "5", "--no-progress"])
     assert stopped.value.code == 2 and "has none" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stopped:
         fit_main(["--inference", "nuts", "--decoder-from", str(enum_run), "--subset", "4", "--out", str(tmp_path / "n")])

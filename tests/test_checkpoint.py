@@ -6,7 +6,7 @@ import torch
 
 from pyro_vae.plumbing.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pyro_vae.plumbing.files import atomic_path
-from pyro_vae.fit import FitConfig, fit, load_run
+from pyro_vae import FitConfig, fit, load_run
 
 
 class CodePayload:

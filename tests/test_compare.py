@@ -5,18 +5,18 @@ import json
 import arviz as az
 import pytest
 
-from pyro_vae.compare import main, parser, run_compare
+import pyro_vae as pv
+from pyro_vae.compare import main
 
-SMALL = ["--subset", "30", "--chains", "2", "--warmup", "300", "--samples", "400", "--iwae-samples", "500",
-         "--elbo-samples", "400", "--no-progress"]
+SMALL = dict(subset=30, chains=2, warmup=300, samples=400, iwae_samples=500, elbo_samples=400)
+QUIET = {"progress": False, "log": lambda *a: None}
 
 
 @pytest.fixture(scope="module")
 def linear_gaussian_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "lg"
-    args = parser().parse_args(["--dataset", "linear_gaussian", "--epochs", "30", "--out", str(out), *SMALL])
-    results, _ = run_compare(args, log=lambda *a: None)
-    return results, out
+    comparison = pv.compare(settings=pv.CompareSettings(dataset="linear_gaussian", epochs=30, **SMALL), out=out, **QUIET)
+    return comparison.numbers, out
 
 
 def test_bounds_hold_against_the_exact_answer(linear_gaussian_report):
@@ -59,10 +59,10 @@ def test_outputs(linear_gaussian_report):
 
 
 def test_latent_dim_one_skips_ellipses_with_a_note(tmp_path):
-    args = parser().parse_args(["--dataset", "linear_gaussian", "--latent-dim", "1", "--epochs", "5", "--out",
-                                str(tmp_path / "c"), "--subset", "10", "--chains", "2", "--warmup", "100",
-                                "--samples", "100", "--iwae-samples", "50", "--elbo-samples", "50", "--no-progress"])
-    results, out = run_compare(args, log=lambda *a: None)
+    settings = pv.CompareSettings(dataset="linear_gaussian", latent_dim=1, epochs=5, subset=10, chains=2, warmup=100,
+                                  samples=100, iwae_samples=50, elbo_samples=50)
+    comparison = pv.compare(settings=settings, out=tmp_path / "c", **QUIET)
+    results, out = comparison.numbers, comparison.out
     assert not (out / "ellipses.png").exists()
     assert any("ellipses.png skipped" in note for note in results["notes"])
     assert "ellipses.png skipped" in (out / "report.md").read_text()
@@ -135,11 +135,11 @@ def test_fit_from_scratch_compares_three_learners(tmp_path):
 def test_fit_from_scratch_under_a_wall_time_budget(tmp_path):
     """--budget: every SVI learner trains for the same wall time (whole epochs,
     the last one crossing it); Monte Carlo EM is skipped beyond 5000 points."""
-    args = parser().parse_args(["--fit-from-scratch", "--dataset", "linear_gaussian", "--latent-dim", "2",
-                                "--num-train", "6000", "--budget", "1.5", "--hidden-dims", "16", "--subset", "20",
-                                "--iwae-samples", "20", "--objectives", "iwae", "--particles", "3", "--out", str(tmp_path / "s"),
-                                "--no-progress"])
-    results, out = run_compare(args, log=lambda *a: None)
+    settings = pv.CompareSettings(fit_from_scratch=True, dataset="linear_gaussian", latent_dim=2, num_train=6000,
+                                  budget=1.5, hidden_dims=(16,), subset=20, iwae_samples=20, objectives=("iwae",),
+                                  particles=3)
+    comparison = pv.compare(settings=settings, out=tmp_path / "s", **QUIET)
+    results, out = comparison.numbers, comparison.out
     scratch = results["fit_from_scratch"]
     assert set(scratch["final"]) == {"amortized", "meanfield", "semi_amortized", "amortized-iwae-K3"}
     assert any("mcem skipped" in note for note in scratch["notes"])
@@ -149,11 +149,10 @@ def test_fit_from_scratch_under_a_wall_time_budget(tmp_path):
 
 
 def test_gaps_by_ais_match_the_exact_gap(tmp_path):
-    args = parser().parse_args(["--dataset", "linear_gaussian", "--epochs", "30", "--out", str(tmp_path / "a"),
-                                "--subset", "20", "--chains", "2", "--warmup", "200", "--samples", "200",
-                                "--iwae-samples", "100", "--elbo-samples", "400", "--ais-steps", "50",
-                                "--ais-chains", "4", "--no-progress"])
-    r, out = run_compare(args, log=lambda *a: None)
+    settings = pv.CompareSettings(dataset="linear_gaussian", epochs=30, subset=20, chains=2, warmup=200, samples=200,
+                                  iwae_samples=100, elbo_samples=400, ais_steps=50, ais_chains=4)
+    comparison = pv.compare(settings=settings, out=tmp_path / "a", **QUIET)
+    r, out = comparison.numbers, comparison.out
     assert r["log_likelihood_for_gaps"].startswith("AIS, 4 chains x 50 steps")
     assert abs(r["ais"]["log_likelihood"] - r["exact"]["log_likelihood"]) < 0.05
     assert abs(r["approximation_gap"] - r["exact_approximation_gap"]) < 0.05

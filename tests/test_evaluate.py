@@ -7,6 +7,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+import pyro_vae as pv
 import pyro_vae.program.estimators as estimators_module
 from conftest import fit_linear_gaussian
 from pyro_vae.program.estimators import active_units, elbo_terms, evaluate, log_likelihood
@@ -164,6 +165,25 @@ def test_evaluate_command_writes_eval_json(trained, capsys):
     assert results["num_examples"] == 50 and results["iwae_samples"] == 20 and results["split"] == "test"
 
 
+def test_the_api_returns_what_the_command_writes_and_prints(trained, tmp_path, capsys):
+    """pv.evaluate on the run directory, and on the run loaded into memory, gives the command's figures:
+    the same seed, the same draws, bit for bit; the table printed is the Evaluation's."""
+    main([str(trained.out), "--iwae-samples", "20", "--max-examples", "50", "--seed", "3", "--no-progress"])
+    printed = capsys.readouterr().out
+    written = json.loads((trained.out / "eval.json").read_text())
+    settings = pv.EvaluateSettings(iwae_samples=20, max_examples=50, seed=3)
+    from_dir = pv.evaluate(trained.out, settings, out=tmp_path / "a", progress=False)
+    from_memory = pv.evaluate(pv.load_run(trained.out), settings, out=tmp_path / "b", progress=False)
+    for evaluation, folder in [(from_dir, tmp_path / "a"), (from_memory, tmp_path / "b")]:
+        assert evaluation.path == folder / "eval.json"
+        again = json.loads(evaluation.path.read_text())
+        assert {k: v for k, v in again.items() if k != "run_dir"} == {k: v for k, v in written.items() if k != "run_dir"}
+        assert evaluation["log_likelihood"] == written["log_likelihood"]
+        assert printed.startswith(evaluation.table() + "\n")
+    assert from_dir["run_dir"] == written["run_dir"] == str(trained.out)
+    assert pv.evaluate(pv.load_run(trained.out), settings, progress=False).path is None  # no folder: nothing written
+
+
 def _exit(args, capsys):
     with pytest.raises(SystemExit) as info:
         main(args)
@@ -220,9 +240,7 @@ class UnsampleableLinearGaussian(LinearGaussian):
 
 
 def test_bdmc_on_a_model_that_cannot_simulate_is_a_usage_error(tmp_path, capsys):
-    from pyro_vae.fit import FitConfig, fit
-
-    fit(FitConfig(dataset="linear_gaussian", model="unsampleable_linear_gaussian_test", epochs=1,
+    pv.fit(pv.FitConfig(dataset="linear_gaussian", model="unsampleable_linear_gaussian_test", epochs=1,
                   out=str(tmp_path / "run")), progress=False, log=lambda *a: None)
     with pytest.raises(SystemExit) as info:
         main([str(tmp_path / "run"), "--bdmc", "--ais-steps", "5", "--ais-chains", "2", "--max-examples", "5",

@@ -12,7 +12,8 @@ import torch
 from pyro_vae.compare import main as compare_main
 from pyro_vae.runs.config import EvaluationSettings, FitConfig
 from pyro_vae.program.estimators import log_likelihood
-from pyro_vae.fit import fit, main as fit_main
+from pyro_vae import fit
+from pyro_vae.fit import main as fit_main
 from pyro_vae.nn.flows import Flow, pointwise_flow
 from pyro_vae.infer.ais import AISOptions, ais_log_likelihood
 from pyro_vae.infer.local_families import fit_family_posterior

@@ -12,7 +12,7 @@ from conftest import fit_linear_gaussian
 from pyro_vae.program.density import log_joint_terms
 from pyro_vae.evaluate import main as evaluate_main
 from pyro_vae.runs.config import EvaluationSettings
-from pyro_vae.fit import FitConfig, fit
+from pyro_vae import FitConfig, fit
 from pyro_vae.program.estimators import elbo_terms, log_likelihood
 from pyro_vae.infer.local_fit import fit_local_posterior
 from pyro_vae.runs.rundir import load_run

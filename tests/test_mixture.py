@@ -9,13 +9,15 @@ import warnings
 import pytest
 import torch
 
-from pyro_vae import compare, evaluate
-from pyro_vae import fit as fit_command
+import pyro_vae as pv
+from pyro_vae.compare import main as compare_main
+from pyro_vae.evaluate import main as evaluate_main
+from pyro_vae.fit import main as fit_main
 from pyro_vae.plumbing.cli import UsageError
 from pyro_vae.runs.config import FitConfig
 from pyro_vae.program.density import log_joint
 from pyro_vae.program.enumeration import exact_posterior, joint_table
-from pyro_vae.fit import fit
+from pyro_vae import fit
 from pyro_vae.models.gmm import GaussianMixture
 from pyro_vae.runs.rundir import load_run
 from pyro_vae.objectives.vimco import leave_one_out
@@ -133,7 +135,7 @@ def test_objectives_that_cannot_apply_are_usage_errors(tmp_path, guide, elbo, me
 ])
 def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as stop:
-        fit_command.main([*argv, "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+        fit_main([*argv, "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
@@ -141,11 +143,11 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, argv, message):
 
 def test_an_em_run_is_loaded_and_evaluated_exactly(tmp_path, capsys):
     out = tmp_path / "em"
-    fit_command.main(["--dataset", "gmm_synthetic", "--inference", "em", "--num-components", "4", "--covariance",
+    fit_main(["--dataset", "gmm_synthetic", "--inference", "em", "--num-components", "4", "--covariance",
                       "full", "--num-train", "300", "--num-test", "100", "--out", str(out), "--no-progress"])
     run = load_run(out)
     assert (run.model.num_components, run.model.covariance, run.config.guide) == (4, "full", "enumerated")
-    evaluate.main([str(out), "--iwae-samples", "10", "--no-progress"])
+    evaluate_main([str(out), "--iwae-samples", "10", "--no-progress"])
     results = json.loads((out / "eval.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     assert results["log_likelihood"] == pytest.approx(results["exact_log_likelihood"], abs=1e-5)
@@ -155,9 +157,9 @@ def test_an_em_run_is_loaded_and_evaluated_exactly(tmp_path, capsys):
 
 def test_compare_fits_the_mixture_by_every_method(tmp_path):
     out = tmp_path / "compare"
-    results, _ = compare.run_compare(compare.parser().parse_args(
-        ["--fit-from-scratch", "--dataset", "gmm_synthetic", "--num-train", "200", "--passes", "10", "--subset", "50",
-         "--out", str(out), "--no-progress"]), log=lambda *a: None)
+    results = pv.compare(settings=pv.CompareSettings(fit_from_scratch=True, dataset="gmm_synthetic", num_train=200,
+                                                     passes=10, subset=50),
+                         out=out, progress=False, log=lambda *a: None).numbers
     final = results["fit_from_scratch"]["final"]
     assert set(final) == {"em", "enum", "meanfield_vb", "rws", "score_function"}
     assert all(math.isfinite(row["log_likelihood"]) for row in final.values())
@@ -172,16 +174,15 @@ def test_compare_sizes_the_mixture_it_fits(tmp_path, capsys):
     out = tmp_path / "compare"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        compare.run_compare(compare.parser().parse_args(
-            ["--fit-from-scratch", "--dataset", "gmm_synthetic", "--num-train", "100", "--passes", "1", "--subset",
-             "20", "--num-components", "2", "--covariance", "full", "--out", str(out), "--no-progress"]),
-            log=lambda *a: None)
+        pv.compare(settings=pv.CompareSettings(fit_from_scratch=True, dataset="gmm_synthetic", num_train=100, passes=1,
+                                               subset=20, num_components=2, covariance="full"),
+                   out=out, progress=False, log=lambda *a: None)
     # the score-function method draws the assignment its guide marks for enumeration: no warning about the mark
     assert not [str(w.message) for w in caught if "enumerat" in str(w.message)]
     configs = [json.loads(path.read_text()) for path in out.glob("*/config.json")]
     assert len(configs) == 4  # enum, meanfield_vb, rws, score_function (EM writes no run)
     assert all((c["model"], c["num_components"], c["covariance"]) == ("gmm", 2, "full") for c in configs)
     with pytest.raises(SystemExit) as stop:
-        compare.main(["--fit-from-scratch", "--num-components", "4", "--out", str(tmp_path / "bad"), "--no-progress"])
+        compare_main(["--fit-from-scratch", "--num-components", "4", "--out", str(tmp_path / "bad"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and len(err.splitlines()) == 1 and "has no num components" in err, err

@@ -8,8 +8,7 @@ import sys
 import arviz as az
 import pytest
 
-from pyro_vae.compare import parser as compare_parser
-from pyro_vae.compare import run_compare
+import pyro_vae as pv
 
 FIT = [sys.executable, "-m", "pyro_vae.fit"]
 
@@ -79,10 +78,9 @@ def test_default_comparison_runs_nuts_long_enough_to_converge(tmp_path, monkeypa
         return real(*args, **kwargs)
 
     monkeypatch.setattr(posterior_comparison, "sample_latents", spy)
-    args = compare_parser().parse_args(["--dataset", "linear_gaussian", "--epochs", "1", "--subset", "2",
-                                        "--iwae-samples", "10", "--elbo-samples", "10", "--refine-steps", "1",
-                                        "--no-progress", "--out", str(tmp_path / "c")])
-    results, out = run_compare(args, log=lambda *a: None)
+    settings = pv.CompareSettings(dataset="linear_gaussian", epochs=1, subset=2, iwae_samples=10, elbo_samples=10,
+                                  refine_steps=1)
+    out = pv.compare(settings=settings, out=tmp_path / "c", progress=False, log=lambda *a: None).out
     assert [(c["chains"], c["warmup"], c["samples"]) for c in calls] == [(4, 1000, 1000)]
     nuts = json.loads((out / "report.json").read_text())["nuts"]
     assert (nuts["chains"], nuts["warmup"], nuts["samples"]) == (4, 1000, 1000)
@@ -92,10 +90,10 @@ def test_default_comparison_runs_nuts_long_enough_to_converge(tmp_path, monkeypa
 
 
 def test_a_comparison_with_too_few_draws_still_warns(tmp_path):
-    args = compare_parser().parse_args(["--dataset", "linear_gaussian", "--epochs", "5", "--subset", "10",
-                                        "--chains", "4", "--warmup", "15", "--samples", "15", "--iwae-samples", "20",
-                                        "--elbo-samples", "20", "--no-progress", "--out", str(tmp_path / "c")])
-    results, out = run_compare(args, log=lambda *a: None)
+    settings = pv.CompareSettings(dataset="linear_gaussian", epochs=5, subset=10, chains=4, warmup=15, samples=15,
+                                  iwae_samples=20, elbo_samples=20)
+    comparison = pv.compare(settings=settings, out=tmp_path / "c", progress=False, log=lambda *a: None)
+    results, out = comparison.numbers, comparison.out
     assert results["nuts"]["warnings"]
     assert "- warning:" in (out / "report.md").read_text()
 

@@ -8,7 +8,8 @@ import torch
 
 from pyro_vae.evaluate import main as evaluate_main
 from pyro_vae.runs.config import EvaluationSettings, MCMCSettings
-from pyro_vae.fit import FitConfig, fit, load_run, main
+from pyro_vae import FitConfig, fit, load_run
+from pyro_vae.fit import main
 from pyro_vae.models.linear_gaussian import LinearGaussian
 from pyro_vae.infer.mcmc.sampling import diagnose, inference_data, sample_latents
 

@@ -17,7 +17,7 @@ from quadrature import posterior_on_grid
 from test_reliability import StopAfter
 from pyro_vae.plumbing.checkpoint import load_checkpoint
 from pyro_vae.runs.config import EvaluationSettings, FitConfig
-from pyro_vae.fit import fit, resume
+from pyro_vae import fit, resume
 from pyro_vae.infer import ais
 from pyro_vae.infer.ais import AISOptions
 from pyro_vae.infer.mcmc.sampling import sample_latents
