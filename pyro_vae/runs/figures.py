@@ -50,11 +50,11 @@ def _save_figure(path, fig):
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
-def save_latent_scatter(path, z, labels=None, title="test set, posterior means"):
-    """A scatter of latent codes; codes of more than two dimensions are
-    projected on their first two principal components."""
+def save_latent_scatter(path, z, labels=None, title="test set, posterior means", names=("z[0]", "z[1]")):
+    """A scatter of latent codes (N, D), its axes named after the columns (``names``); codes of more
+    than two dimensions are projected on their first two principal components."""
     z = z.detach().cpu().numpy()
-    xlabel, ylabel = "z[0]", "z[1]"
+    xlabel, ylabel = (*names, "")[:2]
     if z.shape[1] > 2:
         from sklearn.decomposition import PCA
 

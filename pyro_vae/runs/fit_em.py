@@ -6,9 +6,11 @@ gains less than ``em.TOLERANCE`` nats per point. The run directory is the SVI ru
 (with ``guide`` set to ``enumerated``, the exact posterior, so ``load_run`` and ``evaluate`` rebuild
 it), ``metrics.jsonl`` (per iteration the exact train and test log p(x), under ``train_elbo`` and
 ``test_elbo``, which the exact posterior makes equal to it), ``checkpoint.pt``, ``summary.json``
-(the exact test log p(x), iterations, seconds) and the figures.
+(the exact test log p(x), iterations, seconds) and the figures, written in that order by
+``rundir.finish_run``.
 """
 
+import copy
 import json
 import time
 
@@ -16,16 +18,17 @@ import pyro
 import torch
 
 from pyro_vae.runs.assembly import build_model, load_data, resolve_device
-from pyro_vae.plumbing.checkpoint import save_checkpoint
 from pyro_vae.plumbing.cli import UsageError
 from pyro_vae.infer.em import closed_form_models, closed_form_update, run_em
-from pyro_vae.plumbing.files import write_json
 from pyro_vae.plumbing.registry import get_guide
-from pyro_vae.runs.rundir import FitResult, default_out, prepare_out, save_figures, write_config, write_metrics
+from pyro_vae.runs.rundir import FitResult, default_out, finish_run, prepare_out, write_config
+from pyro_vae.runs.run_figures import run_figures
 
 
 def fit_em(config, progress=True, log=print):
-    """The ``--inference em`` run: see the module docstring."""
+    """The ``--inference em`` run: see the module docstring. ``config`` is left as given: the run's
+    own copy, with the guide and objective it rebuilds with, is the result's."""
+    config = copy.deepcopy(config)
     device = resolve_device(config.device)
     pyro.set_rng_seed(config.seed)
     data = load_data(config, device)
@@ -59,16 +62,15 @@ def fit_em(config, progress=True, log=print):
     model.eval()
     with torch.no_grad():
         test_ll = model.log_marginal(data.test_x[: config.evaluation.max_examples]).double()
-    write_metrics(out, metrics)
-    save_checkpoint(out / "checkpoint.pt", {"model": model.state_dict(), "guide": guide.state_dict(),
-                                            "epoch": iterations, "metrics": metrics,
-                                            "config": json.dumps(config.as_dict())})
-    save_figures(out, model, guide, data, metrics)
-    summary = {"train_log_likelihood": train_ll, "train_elbo": train_ll, "test_elbo": metrics[-1]["test_elbo"],
-               "log_likelihood": float(test_ll.mean()), "log_likelihood_examples": len(test_ll),
-               "log_likelihood_exact": True, "iterations": iterations, "converged": converged, "seconds": seconds,
-               "seconds_per_iteration": seconds / iterations}
-    write_json(out / "summary.json", summary)
+    summary = finish_run(out, {
+        "train_log_likelihood": train_ll, "train_elbo": train_ll, "test_elbo": metrics[-1]["test_elbo"],
+        "log_likelihood": float(test_ll.mean()), "log_likelihood_examples": len(test_ll),
+        "log_likelihood_exact": True, "iterations": iterations, "converged": converged, "seconds": seconds,
+        "seconds_per_iteration": seconds / iterations,
+    }, log, run_figures(model, guide, data, metrics), metrics=metrics, checkpoint={
+        "model": model.state_dict(), "guide": guide.state_dict(), "epoch": iterations, "metrics": metrics,
+        "config": json.dumps(config.as_dict()),
+    })
     state = "converged" if converged else "not converged"
     log(f"EM {state} after {iterations} iterations ({seconds:.2f}s): train log p(x) {train_ll:.4f}, test "
         f"{summary['log_likelihood']:.4f} nats per point (exact); wrote {out}")

@@ -31,14 +31,13 @@ import pyro
 import torch
 
 from pyro_vae.runs.assembly import build_model, load_data, resolve_device
-from pyro_vae.plumbing.checkpoint import save_checkpoint
 from pyro_vae.plumbing.cli import UsageError
 from pyro_vae.program.density import layout_of, plug_in_values
-from pyro_vae.plumbing.files import atomic_path, write_json
+from pyro_vae.plumbing.files import atomic_path
 from pyro_vae.infer.mcmc.sampling import diagnose, inference_data, monte_carlo_em, sample_latents
 from pyro_vae.infer.moment_matching import MomentMatchedPosterior
 from pyro_vae.program.posteriors import guide_posterior
-from pyro_vae.runs.rundir import FitResult, default_out, load_run, prepare_out, write_config, write_metrics
+from pyro_vae.runs.rundir import FitResult, default_out, finish_run, load_run, prepare_out, write_config
 
 
 class Problem(NamedTuple):
@@ -115,7 +114,6 @@ def fit_nuts(config, progress=True, log=print):
         history, _ = monte_carlo_em(model, x, iterations=settings.em_iterations, warmup=settings.warmup,
                                     samples=settings.samples, m_steps=settings.m_steps, lr=config.lr,
                                     seed=config.seed, progress=progress, log=log, compile=config.compile_flag())
-        write_metrics(out, history)
     log(f"{settings.sampler.upper()}: {settings.chains} chains x ({settings.warmup} warm-up + {settings.samples} "
         f"draws) on {len(x)} points, {layout_of(model, x).dim} latent numbers each, all chains in one batch")
     init = None if problem.init_guide is None else guide_posterior(problem.init_guide, x)
@@ -128,26 +126,28 @@ def fit_nuts(config, progress=True, log=print):
 
 
 def write_nuts_run(config, problem, draws, stats, *, history, sampling_seconds, seconds, log):
-    """posterior.nc, diagnostics.csv, checkpoint.pt and summary.json of a NUTS run of ``problem``."""
+    """posterior.nc and diagnostics.csv of a NUTS run of ``problem``, then ``rundir.finish_run``: its
+    Monte Carlo EM rounds (``metrics.jsonl``, ``--nuts-mode mcem``), checkpoint.pt and summary.json."""
     out, settings = Path(config.out), config.mcmc
     model, data, x, split = problem.model, problem.data, problem.x, problem.split
     idata = inference_data(draws, stats, x, layout_of(model, x))
-    summary_table, figures, warnings = diagnose(idata, settings.chains)
+    summary_table, diagnostics, warnings = diagnose(idata, settings.chains)
     write_posterior(out, idata, summary_table)
     posterior = MomentMatchedPosterior(model)
     posterior.set_draws(draws, split)
-    save_checkpoint(out / "checkpoint.pt", {
+    summary = finish_run(out, {
+        **diagnostics, "chains": settings.chains, "warmup": settings.warmup, "samples": settings.samples,
+        "subset": len(x), "sampling_seconds": sampling_seconds, "seconds": seconds,
+        "seconds_per_point": sampling_seconds / len(x), "warnings": warnings,
+    }, log, metrics=history if settings.mode == "mcem" else None, checkpoint={
         "model": model.state_dict(), "guide": posterior.state_dict(),
         "epoch": settings.em_iterations if settings.mode == "mcem" else 0, "metrics": history,
         "config": json.dumps(config.as_dict()),
     })
-    summary = {**figures, "chains": settings.chains, "warmup": settings.warmup, "samples": settings.samples,
-               "subset": len(x), "sampling_seconds": sampling_seconds, "seconds": seconds,
-               "seconds_per_point": sampling_seconds / len(x), "warnings": warnings}
-    write_json(out / "summary.json", summary)
-    r_hat = "n/a (one chain)" if figures["max_r_hat"] is None else f"{figures['max_r_hat']:.3f}"
-    log(f"{settings.sampler.upper()} done in {sampling_seconds:.1f}s: {figures['divergences']} divergences, "
-        f"max R-hat {r_hat}, min bulk ESS {figures['min_ess_bulk']:.0f}, min tail ESS {figures['min_ess_tail']:.0f}; "
+    r_hat = "n/a (one chain)" if diagnostics["max_r_hat"] is None else f"{diagnostics['max_r_hat']:.3f}"
+    log(f"{settings.sampler.upper()} done in {sampling_seconds:.1f}s: {diagnostics['divergences']} divergences, "
+        f"max R-hat {r_hat}, min bulk ESS {diagnostics['min_ess_bulk']:.0f}, "
+        f"min tail ESS {diagnostics['min_ess_tail']:.0f}; "
         f"wrote {out}")
     for warning in warnings:
         log(f"warning: {warning}")

@@ -3,8 +3,8 @@
 ``fit_svi`` starts a run and ``resume_svi`` continues one; both assemble the
 same pieces (:func:`setup`) and hand them to :func:`train_epochs`: per epoch,
 one pass of SVI steps (``train.train_epoch``), the test ELBO, a line in
-``metrics.jsonl`` and a checkpoint; at the end the figures, the
-importance-weighted log p(x) and ``summary.json``. Under ``torchrun`` every
+``metrics.jsonl`` and a checkpoint; at the end the importance-weighted
+log p(x), ``summary.json`` and the figures (``rundir.finish_run``). Under ``torchrun`` every
 rank trains and rank 0 alone writes (``pyro_vae.infer.svi.distributed``).
 """
 
@@ -21,15 +21,15 @@ from tqdm import tqdm
 from pyro_vae.infer.svi import distributed
 from pyro_vae.runs.assembly import build, load_data, resolve_device
 from pyro_vae.plumbing.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from pyro_vae.plumbing.files import write_json
 from pyro_vae.objectives import load_objective_state, objective_state
 from pyro_vae.plumbing.cli import UsageError
 from pyro_vae.runs.config import learning_rate
 from pyro_vae.program.density import plug_in_values
 from pyro_vae.program.estimators import elbo_terms, log_likelihood
 from pyro_vae.program.posteriors import guide_posterior
-from pyro_vae.runs.rundir import (FitResult, config_from_checkpoint, default_out, load_states, prepare_out, save_figures,
-                             write_config, write_metrics)
+from pyro_vae.runs.rundir import (FitResult, config_from_checkpoint, default_out, finish_run, load_states, prepare_out,
+                                  write_config, write_metrics)
+from pyro_vae.runs.run_figures import run_figures
 from pyro_vae.infer.svi.train import Interrupted, NonFiniteLoss, make_svi, train_epoch
 
 # A guide without an encoder fits a fresh q(z) to each test point whenever it
@@ -193,16 +193,18 @@ def train_epochs(session, start_epoch, metrics, progress, log, should_stop):
 
 
 def finish(session, metrics, seconds, progress, log):
-    """Figures, the importance-weighted log p(x) and ``summary.json``."""
+    """The figures' contents (their draws first, as runs have always made them), the
+    importance-weighted log p(x), then ``rundir.finish_run``: ``summary.json``, then the figures
+    (the checkpoint and metrics were written after the last epoch)."""
     config, model, guide, data, out = session.config, session.model, session.guide, session.data, session.out
-    save_figures(out, model, guide, data, metrics)
+    figures = run_figures(model, guide, data, metrics)
     x = data.test_x[: config.evaluation.max_examples]
     k = config.evaluation.iwae_samples
     fixed = plug_in_values(model, guide)
     ll = log_likelihood(model, lambda xb: guide_posterior(guide, xb, fixed=fixed), x, k, progress=progress,
                         fixed=fixed)
     last = metrics[-1]
-    summary = {
+    summary = finish_run(out, {
         "train_elbo": last["train_elbo"],
         "test_elbo": last["test_elbo"],
         "log_likelihood": ll.mean().item(),
@@ -211,8 +213,7 @@ def finish(session, metrics, seconds, progress, log):
         "epochs": config.epochs,
         "seconds": seconds,
         "seconds_per_epoch": sum(m["seconds"] for m in metrics) / len(metrics),
-    }
-    write_json(out / "summary.json", summary)
+    }, log, figures)
     log(f"test ELBO {summary['test_elbo']:.3f}, log p(x) >= {summary['log_likelihood']:.3f} (K={k}, "
         f"{len(x)} test examples) nats per example after {config.epochs} epochs ({seconds:.1f}s); wrote {out}")
     return FitResult(model, guide, data, config, metrics, summary, out)

@@ -5,10 +5,12 @@
 | ``config.json`` | :func:`write_config`: every setting, resolved names, sizes, versions, the command |
 | ``metrics.jsonl`` | :func:`write_metrics`: one line per epoch (or MCEM round) |
 | ``checkpoint.pt`` | ``checkpoint.save_checkpoint``: tensors only |
-| ``summary.json`` | the driver (SVI or MCMC) at the end |
-| ``*.png`` | :func:`save_figures` |
+| ``summary.json`` | :func:`finish_run`, with what the driver (SVI, EM or MCMC) found |
+| ``*.png`` | :func:`finish_run`, after the rest: what ``run_figures`` computed |
 
-Every file is written to a temporary name and renamed into place.
+Every file is written to a temporary name and renamed into place, and
+every driver ends with :func:`finish_run`, so a run that ends has its
+checkpoint and summary whatever its figures do.
 """
 
 import importlib.metadata
@@ -23,15 +25,12 @@ from typing import NamedTuple
 import pyro
 import torch
 
-from pyro_vae.runs import figures as plots
 from pyro_vae.runs.assembly import build, build_model, load_data, resolve_device
-from pyro_vae.plumbing.checkpoint import CheckpointError, load_checkpoint
+from pyro_vae.plumbing.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pyro_vae.plumbing.files import write_json, write_text
 from pyro_vae.plumbing.cli import UsageError
 from pyro_vae.runs.config import FitConfig
-from pyro_vae.program.density import layout_of, observation, plug_in_values, prior_draws
 from pyro_vae.infer.moment_matching import MomentMatchedPosterior
-from pyro_vae.program.posteriors import flat_mean, guide_posterior
 
 
 def default_out(config):
@@ -90,37 +89,24 @@ def write_metrics(out, metrics):
     write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
 
 
-def decoder_means(model, guide, x, z, draws=16):
-    """E[x | z] for the rows ``x`` (which may carry inputs the model
-    conditions on); with a Bayesian decoder, averaged over ``draws`` theta ~ q(theta)."""
-    if not getattr(model, "bayesian_decoder", False):
-        return observation(model, x, z).mean
-    total = 0.0
-    for _ in range(draws):
-        theta = {f"decoder.{name}": value for name, value in guide.decoder_posterior.sample().items()}
-        total = total + observation(model, x, z, theta).mean
-    return total / draws
-
-
-@torch.no_grad()
-def save_figures(out, model, guide, data, metrics):
-    """reconstructions.png, samples.png, latent.png and elbo.png."""
-    plots.save_elbo_curves(out / "elbo.png", metrics)
-    model.eval()
-    guide.eval()
-    x = data.test_x[:2000]
-    z_mean = guide_posterior(guide, x, fixed=plug_in_values(model, guide)).mean
-    labels = None if data.test_y is None else data.test_y[:2000]
-    plots.save_latent_scatter(out / "latent.png", flat_mean(z_mean), labels)
-    if data.image_shape is None or not layout_of(model, x).continuous:  # a mixture: no decoder at a mean z
-        return
-    first = {name: value[:32] for name, value in z_mean.items()} if isinstance(z_mean, dict) else z_mean[:32]
-    reconstruction = decoder_means(model, guide, x[:32], first)
-    plots.save_reconstructions(out / "reconstructions.png", x[:32], reconstruction, data.image_shape)
-    rows = x[torch.arange(64, device=x.device) % len(x)]  # inputs a conditional model reads, beside z
-    layout = layout_of(model, rows)
-    z = torch.randn(64, layout.dim, device=data.device) if layout.is_identity() else prior_draws(model, rows)
-    plots.save_image_grid(out / "samples.png", decoder_means(model, guide, rows, z), data.image_shape)
+def finish_run(out, summary, log, figures=None, *, metrics=None, checkpoint=None):
+    """The end of every run, in an order that leaves a usable directory whatever a figure does:
+    ``metrics.jsonl`` and ``checkpoint.pt`` (where the driver has not written them after its last
+    step), ``summary.json`` (with ``notes``, one line per figure skipped, for a run with
+    ``figures``: ``run_figures.RunFigures``), then the figures. Returns the summary written."""
+    if metrics is not None:
+        write_metrics(out, metrics)
+    if checkpoint is not None:
+        save_checkpoint(out / "checkpoint.pt", checkpoint)
+    if figures is not None:
+        summary = {**summary, "notes": figures.notes}
+    write_json(out / "summary.json", summary)
+    if figures is not None:
+        for note in figures.notes:
+            log(f"note: {note}")
+        for name, draw in figures.drawings:
+            draw(out / name)
+    return summary
 
 
 def config_from_checkpoint(state, path):
