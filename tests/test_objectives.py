@@ -11,7 +11,8 @@ from pyro.infer import Trace_ELBO
 
 from conftest import REPO
 from pyro_vae.objectives.particles import IWAE, IWAE_DReG, ReweightedWakeSleep
-from pyro_vae.objectives import ELBOS, make_objective
+from pyro_vae.objectives import ELBOS, make_objective, objective_problem, temperature_problem
+from pyro_vae.objectives.relaxed import Temperature
 from pyro_vae.plumbing.registry import get_guide, get_model
 from pyro_vae.objectives.score_function import ScoreFunctionELBO
 from pyro_vae.infer.svi.train import make_svi
@@ -138,7 +139,7 @@ def test_rws_trains_linear_gaussian_to_the_maximum_likelihood():
 @pytest.mark.parametrize("elbo, options", [
     ("score-function", {"baseline": "none"}), ("score-function", {"baseline": "average"}),
     ("score-function", {"baseline": "learned"}), ("iwae", {"particles": 3}), ("iwae-dreg", {"particles": 3}),
-    ("rws", {"particles": 3}), ("wake-sleep", {}),
+    ("rws", {"particles": 3}), ("vimco", {"particles": 3}), ("wake-sleep", {}),
 ])
 def test_every_objective_steps_the_two_layer_model(elbo, options):
     torch.manual_seed(0)
@@ -152,11 +153,24 @@ def test_every_objective_steps_the_two_layer_model(elbo, options):
     assert all(not torch.equal(a, b) for a, b in zip(before, parameters(model, guide)))
 
 
-def test_make_objective_builds_every_registered_objective():
-    for name in ELBOS:
-        assert make_objective(name) is not None
-    assert make_objective("rws", particles=7).num_particles == 7
+def test_make_objective_gives_each_objective_the_options_its_capabilities_name():
+    for name, objective in ELBOS.items():
+        built = make_objective(name, particles=7 if objective.particles else 1,
+                               baseline="average" if objective.baseline else "none",
+                               temperature=Temperature(2.0, 0.1) if objective.temperature else None)
+        assert isinstance(built, getattr(objective.build, "func", objective.build)), name
+        assert built.num_particles == (7 if objective.particles else 1), name
+        assert getattr(built, "baseline", None) == ("average" if objective.baseline else None), name
+        assert getattr(built, "temperature", None) == (2.0 if objective.temperature else None), name
     assert isinstance(make_objective("rws", particles=7), ReweightedWakeSleep)
+
+
+def test_the_problems_read_the_capabilities():
+    """--particles, --baseline and the temperature are refused exactly where the entry lacks them."""
+    for name, objective in ELBOS.items():
+        assert (objective_problem(name, particles=2) is None) == objective.particles, name
+        assert (objective_problem(name, baseline="learned") is None) == objective.baseline, name
+        assert (temperature_problem(name, Temperature(2.0)) is None) == objective.temperature, name
 
 
 CLI_ERRORS = [
