@@ -54,7 +54,7 @@ def main():
     pyro.set_rng_seed(0)
 
     if args.run:
-        from pyro_vae.fit import load_run
+        from pyro_vae import load_run
 
         model, guide, data, _, _ = load_run(args.run, device)
     else:

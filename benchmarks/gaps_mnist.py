@@ -34,7 +34,7 @@ import torch
 from pyro_vae.infer.ais import AISOptions, bdmc
 from pyro_vae.studies.posterior_comparison import compare_posteriors, format_report
 from pyro_vae.runs.config import EvaluationSettings, FitConfig
-from pyro_vae.fit import fit
+from pyro_vae import fit
 from pyro_vae.studies.family_gaps import compare_families, parse_families
 
 

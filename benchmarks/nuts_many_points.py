@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pyro_vae.runs.config import EvaluationSettings, FitConfig
-from pyro_vae.fit import fit
+from pyro_vae import fit
 from pyro_vae.infer.mcmc.sampling import sample_latents
 
 
