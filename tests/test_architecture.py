@@ -4,6 +4,7 @@ functions, one density for every method, models found without registration edits
 import ast
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,7 +21,7 @@ from pyro_vae.plumbing.cli import UsageError
 from pyro_vae.runs.config import EvaluationSettings, FitConfig, MCMCSettings
 from pyro_vae.data import RawDataset, load_dataset, load_digits, register_dataset
 from pyro_vae.program.density import log_joint_terms
-from pyro_vae.fit import fit
+from pyro_vae import fit
 from pyro_vae.models import LatentVariableModel
 from pyro_vae.plumbing.registry import register_model
 
@@ -120,7 +121,7 @@ def test_the_layer_check_sees_an_import_pointing_up(tmp_path):
     (package / "low").mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "low" / "__init__.py").write_text("")
-    (package / "low" / "a.py").write_text("def f():\n    from pkg import high\n")
+    (package / "low" / "a.py").write_text("def f():\n    from pkg.high import g\n")
     (package / "high.py").write_text("from pkg.low import a\n")
     layers = [("pkg.low",), ("pkg.high",), ("pkg",)]
     assert imports_pointing_up({"pkg": package}, layers) == [("pkg.low.a", "pkg.high")]
@@ -294,3 +295,27 @@ def test_every_package_folder_is_installed():
     walked = {name for name, path in modules().items() if path.name == "__init__.py"}
     assert set(packages) == walked
     assert folders == {package: str(folder.relative_to(REPO)) for package, folder in PACKAGES.items()}
+
+
+# ---------------------------------------------------------------- the README's layout table
+
+
+def readme_layout_links():
+    """The link targets of the README's "Layout" table (every ``](path)`` in its rows)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return {target.rstrip("/") for row in rows for target in re.findall(r"\]\(([^)#]+)\)", row)}
+
+
+def test_the_readme_layout_table_names_every_module():
+    """Each module of pyro_vae/ has its own link in the table, and each package its folder: a module
+    added without its row fails here."""
+    links = readme_layout_links()
+    wanted = set()
+    for path in (REPO / "pyro_vae").rglob("*.py"):
+        relative = path.relative_to(REPO)
+        wanted.add(str(relative.parent) if path.name == "__init__.py" else str(relative))
+    wanted |= {"models", "guides"}
+    assert sorted(wanted - links) == [], "modules missing from README.md's layout table"
+    assert sorted(t for t in links if not (REPO / t).exists()) == [], "layout rows naming no file"
