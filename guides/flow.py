@@ -36,7 +36,7 @@ class FlowGuide(nn.Module):
         out = self.encoder(x)
         loc, log_scale, context = out[..., :d], out[..., d:2 * d], out[..., 2 * d:]
         base = dist.Normal(loc, torch.exp(log_scale)).to_event(1)
-        return Flow(base, [t.condition(context) for t in self.transforms])
+        return Flow(base, [t.condition(context) for t in self.transforms], conditioned_on=(self.transforms, context))
 
     def forward(self, x, idx=None, num_data=None):
         pyro.module(self.name, self)

@@ -3,6 +3,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_vae.infer.em import register_closed_form
 from pyro_vae.nn import data_plate
 from pyro_vae.plumbing.registry import register_model
 
@@ -10,6 +11,7 @@ from .base import LatentVariableModel
 
 COVARIANCES = ("diag", "full")
 MIN_SCALE = 1e-3  # the smallest standard deviation (or Cholesky diagonal) a component may take
+REGULARIZATION = 1e-6  # eps of the M-step's covariances (scikit-learn's reg_covar)
 
 
 @register_model("gmm")
@@ -26,6 +28,7 @@ class GaussianMixture(LatentVariableModel):
     - ``log_marginal``: log p(x) = log sum_k pi_k N(x; mu_k, Sigma_k)
     - ``exact_posterior``: p(z = k | x) = pi_k N(x; mu_k, Sigma_k) / p(x), the responsibilities.
 
+    Its closed-form EM iteration (:func:`em_update`, below) is registered with ``pyro_vae.infer.em``.
     ``latent_dim`` and ``hidden_dims`` are accepted for a uniform constructor and ignored;
     ``num_components`` (``--num-components``) and ``covariance`` (``--covariance``) size it.
     """
@@ -132,3 +135,31 @@ class GaussianMixture(LatentVariableModel):
         per_cov = d if self.covariance == "diag" else d * (d + 1) // 2
         return self.num_components - 1 + self.num_components * (d + per_cov)
 
+
+@register_closed_form(GaussianMixture)
+@torch.no_grad()
+def em_update(model, x):
+    """One EM iteration of the mixture on the rows ``x`` (Bishop 2006, 9.2), the parameters written
+    into ``model``; returns the mean log p(x) per point under the parameters before it. E-step: the
+    responsibilities r_ik = p(z_i = k | x_i), N_k = sum_i r_ik. M-step:
+
+        pi_k = N_k / N,   mu_k = sum_i r_ik x_i / N_k,
+        Sigma_k = sum_i r_ik (x_i - mu_k)(x_i - mu_k)^T / N_k + eps I   (diagonal: its diagonal),
+
+    eps = ``REGULARIZATION`` keeping a component that collapses onto one point finite. The sums run
+    in float64."""
+    joint = model.joint_per_component(x).double()  # log pi_k + log N(x_i; mu_k, Sigma_k), (N, K)
+    log_px = joint.logsumexp(-1)
+    r = torch.softmax(joint, -1)
+    x = x.double()
+    counts = r.sum(0) + 10 * torch.finfo(torch.float64).tiny
+    locs = (r.T @ x) / counts[:, None]
+    if model.covariance == "diag":
+        covariances = (r.T @ x**2) / counts[:, None] - locs**2
+        covariances = covariances.clamp(min=0) + REGULARIZATION
+    else:
+        diff = x.unsqueeze(0) - locs.unsqueeze(1)  # (K, N, D)
+        covariances = torch.einsum("nk,kni,knj->kij", r, diff, diff) / counts[:, None, None]
+        covariances = covariances + REGULARIZATION * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    model.set_parameters(counts / len(x), locs, covariances)
+    return float(log_px.mean())

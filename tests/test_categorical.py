@@ -19,6 +19,7 @@ from pyro_vae import fit
 from pyro_vae.fit import main as fit_main
 from pyro_vae.objectives import make_objective
 from pyro_vae.plumbing.registry import get_guide, get_model
+from pyro_vae.runs.rundir import load_run
 from pyro_vae.objectives.relaxed import Temperature
 
 QUIET = {"progress": False, "log": lambda *a: None}
@@ -147,13 +148,20 @@ def test_evaluate_reports_the_exact_log_px_and_is_close_to_it(enum_run):
 
 
 def test_compare_has_an_exact_row_and_the_gap(enum_run, tmp_path):
-    compare_main(["--run", str(enum_run), "--subset", "20", "--iwae-samples", "200", "--elbo-samples", "50",
+    """The inference gap log p(x) - ELBO(q) against both sides summed over the 16 configurations by
+    ``brute_force``, independently of the comparison's estimators."""
+    compare_main(["--run", str(enum_run), "--subset", "20", "--iwae-samples", "200", "--elbo-samples", "200",
                   "--out", str(tmp_path / "cmp"), "--no-progress"])
     report = json.loads((tmp_path / "cmp" / "report.json").read_text())
-    exact = report["exact"]["log_likelihood"]
-    assert report["amortized"]["log_likelihood"] == pytest.approx(exact, abs=0.05)
-    assert report["approximation_gap"] == pytest.approx(exact - report["amortized"]["elbo"])
-    assert report["approximation_gap"] > -0.05
+    run = load_run(enum_run, torch.device("cpu"))
+    with torch.no_grad():
+        log_px, elbo = brute_force(run.model, run.guide, run.data.test_x[:20])
+    assert report["exact"]["log_likelihood"] == pytest.approx(float(log_px.mean()), abs=1e-4)
+    assert report["amortized"]["log_likelihood"] == pytest.approx(float(log_px.mean()), abs=0.05)
+    gap = log_px - elbo  # KL(q || p) per point, exactly
+    assert float(gap.mean()) > 0.03  # a 2-epoch encoder is measurably off the exact posterior
+    assert report["inference_gap"] == pytest.approx(float(gap.mean()), abs=0.02)
+    assert report["inference_gap_se"] == pytest.approx(float(gap.std() / math.sqrt(20)), rel=0.3)
 
 
 @pytest.mark.parametrize("elbo", ["relaxed", "relaxed-st", "score-function", "rws", "wake-sleep"])

@@ -2,28 +2,18 @@
 
 Each EM iteration (Dempster, Laird & Rubin 1977) sets q(z | x) to the exact posterior (E-step) and
 maximises E_q[log p(x, z)] over the model's parameters in closed form (M-step); the log-likelihood
-never decreases. A model is not told how it is inferred: its updates are registered here, keyed by
-its class (``register_closed_form``), and ``--inference em`` (``pyro_vae.runs.fit_em``) refuses a model
-without them.
-
-The mixture of Gaussians (Bishop 2006, 9.2), ``gmm``: with responsibilities r_ik = p(z_i = k | x_i)
-and N_k = sum_i r_ik,
-
-    pi_k = N_k / N,   mu_k = sum_i r_ik x_i / N_k,
-    Sigma_k = sum_i r_ik (x_i - mu_k)(x_i - mu_k)^T / N_k + eps I   (diagonal: its diagonal),
-
-eps = ``REGULARIZATION`` keeping a component that collapses onto one point finite (scikit-learn's
-``reg_covar``). The sums run in float64.
+never decreases. The iteration is the model's own: its module registers it here, keyed by its class
+(``register_closed_form``; the mixture of Gaussians, ``gmm``, in ``models/gmm.py``), beside the
+parameters it writes. This module holds the registry and the one loop, :func:`run_em`, which
+``--inference em`` (``pyro_vae.runs.fit_em``, refusing a model without an update) and ``compare
+--fit-from-scratch`` (``pyro_vae.studies.mixture_learners``) both run; it imports no model.
 """
 
 import time
 
 import torch
 
-from pyro_vae.models.gmm import GaussianMixture
-
 CLOSED_FORM = {}  # model class -> update(model, x) -> log p(x) per point before the update
-REGULARIZATION = 1e-6
 TOLERANCE = 1e-7  # nats per point: EM stops when an iteration gains less
 
 
@@ -48,28 +38,6 @@ def closed_form_update(model):
 def closed_form_models():
     """The registered names of the models with closed-form EM updates."""
     return sorted(cls.name for cls in CLOSED_FORM)
-
-
-@register_closed_form(GaussianMixture)
-@torch.no_grad()
-def gmm_update(model, x):
-    """One E-step and M-step of the mixture on ``x`` (module docstring); returns the mean log p(x)
-    per point under the parameters before the step."""
-    joint = model.joint_per_component(x).double()  # log pi_k + log N(x_i; mu_k, Sigma_k), (N, K)
-    log_px = joint.logsumexp(-1)
-    r = torch.softmax(joint, -1)
-    x = x.double()
-    counts = r.sum(0) + 10 * torch.finfo(torch.float64).tiny
-    locs = (r.T @ x) / counts[:, None]
-    if model.covariance == "diag":
-        covariances = (r.T @ x**2) / counts[:, None] - locs**2
-        covariances = covariances.clamp(min=0) + REGULARIZATION
-    else:
-        diff = x.unsqueeze(0) - locs.unsqueeze(1)  # (K, N, D)
-        covariances = torch.einsum("nk,kni,knj->kij", r, diff, diff) / counts[:, None, None]
-        covariances = covariances + REGULARIZATION * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-    model.set_parameters(counts / len(x), locs, covariances)
-    return float(log_px.mean())
 
 
 def run_em(model, x, max_iterations, tolerance=TOLERANCE, on_iteration=None):

@@ -1,10 +1,12 @@
-"""Test-time inference without an encoder: a Gaussian per point, fitted with
-the model's weights fixed (classical variational inference on new data).
+"""Test-time inference without an encoder: a q per point, fitted with the model's weights fixed
+(classical variational inference on new data).
 
-``fit_local_posterior`` is the optimiser; ``WarmStarts`` is a small bounded
-cache of its answers, keyed by a handle the caller chooses ("test", say),
-so that asking again about the same points under a slowly changing decoder
-starts from the last answer.
+:func:`fit_local` is the one per-point fitter, whatever the family (a factorised Gaussian here; the
+richer families of ``pyro_vae.infer.local_families``), with one stopping rule; :func:`refine` takes a
+fixed number of the same steps (semi-amortized inference, the meanfield guide's local steps);
+:func:`fit_local_posterior` is the factorised Gaussian's fit. ``WarmStarts`` is a small bounded cache
+of its answers, keyed by a handle the caller chooses ("test", say), so that asking again about the
+same points under a slowly changing decoder starts from the last answer.
 """
 
 import math
@@ -37,11 +39,17 @@ def log_weights_u(model, q, x, u, fixed=None):
     return log_lik + log_prior - q.log_prob(u)
 
 
-def elbo_step(model, x, loc, log_scale, optimizer, num_particles=1, fixed=None):
-    """One optimiser step on (m, log s) up the per-point ELBO
-    E_q[log p(x_i, z_i) - log q(z_i)], estimated with ``num_particles``
-    reparameterised draws; returns the per-point estimate (detached)."""
-    q = dist.Normal(loc, log_scale.exp()).to_event(1)
+def factorised(params):
+    """q(u_i) = N(m_i, diag s_i^2) from the leaves (m, log s)."""
+    loc, log_scale = params
+    return dist.Normal(loc, log_scale.exp()).to_event(1)
+
+
+def ascend(model, x, params, make_q, optimizer, num_particles=1, fixed=None):
+    """One optimiser step on ``params`` up sum_i ELBO_i of q = ``make_q(params)``, ELBO_i =
+    E_q[log p(x_i, z_i) - log q(z_i)] estimated with ``num_particles`` reparameterised draws;
+    returns the per-point estimate (detached)."""
+    q = make_q(params)
     elbo = log_weights_u(model, q, x, q.rsample((num_particles,)), fixed).mean(0)
     optimizer.zero_grad()
     (-elbo.sum()).backward()
@@ -55,35 +63,61 @@ def refine(model, x, loc, log_scale, steps, lr, num_particles=1, fixed=None):
     optimisation of stochastic VB (Hoffman et al. 2013) and of semi-amortized
     inference (Kim et al. 2018). Returns the refined (m, log s), detached: no
     gradient flows back through the refinement."""
-    loc = loc.detach().clone().requires_grad_(True)
-    log_scale = log_scale.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
+    params = [loc.detach().clone().requires_grad_(True), log_scale.detach().clone().requires_grad_(True)]
+    optimizer = torch.optim.Adam(params, lr=lr)
     with fixed_model(model):
         for _ in range(steps):
-            elbo_step(model, x, loc, log_scale, optimizer, num_particles, fixed)
-    return loc.detach(), log_scale.detach()
+            ascend(model, x, params, factorised, optimizer, num_particles, fixed)
+    return params[0].detach(), params[1].detach()
+
+
+def fit_local(model, x, params, make_q, *, num_particles=8, lr=0.05, max_steps=3000, window=50, tol=1e-3,
+              groups=None, fixed=None):
+    """Fit q = ``make_q(params)``, a q over the flat unconstrained latents u with batch (len(x),),
+    to each row x_i of ``x`` with the model fixed; ``params`` are leaf tensors, updated in place.
+
+    Maximises sum_i ELBO_i = E_q[log p(x_i, z_i) - log q(z_i)] with Adam (``groups``: Adam's
+    parameter groups over ``params``, for rates of their own), the expectation estimated with
+    ``num_particles`` reparameterised draws per point and step, all points in one batch (the
+    objective is a sum of independent terms and Adam is elementwise, so this is per-point
+    optimisation). Stopping rule: every ``window`` steps, the mean ELBO per point over the last
+    window is compared with the window before; stop when it improved by less than ``tol`` nats, or
+    after ``max_steps``. The answer, written into ``params``, is their average over the last window
+    (Polyak averaging): with a constant step size the last iterate jitters around the optimum by
+    about ``lr``, the average much less. Returns the number of Adam steps taken.
+    """
+    optimizer = torch.optim.Adam(groups or params, lr=lr)
+    history, previous, steps = [], None, 0
+    sums = [torch.zeros_like(p) for p in params]
+    with fixed_model(model):
+        while steps < max_steps:
+            elbo = ascend(model, x, params, make_q, optimizer, num_particles, fixed)
+            steps += 1
+            history.append(elbo.mean().item())
+            for total, p in zip(sums, params):
+                total += p.detach()
+            if len(history) == window:
+                current = sum(history) / window
+                if previous is not None and current - previous < tol:
+                    break
+                previous, history = current, []
+                sums = [torch.zeros_like(p) for p in params]
+    if history:  # else it stopped right after a window was reset: the current iterate
+        with torch.no_grad():
+            for total, p in zip(sums, params):
+                p.copy_(total / len(history))
+    return steps
 
 
 def fit_local_posterior(model, x, num_particles=8, lr=0.05, max_steps=3000, window=50, tol=1e-3, init=None,
                         fixed=None):
-    """Fit q(u_i) = N(m_i, diag s_i^2) to each row x_i of ``x`` with the
-    model fixed, u the flat unconstrained latents (z for the built-in models;
-    ``posteriors.as_posterior`` turns q into one over the model's sites).
+    """q(u_i) = N(m_i, diag s_i^2) fitted to each row x_i of ``x`` by :func:`fit_local` (its
+    settings passed on), u the flat unconstrained latents (z for the built-in models;
+    ``posteriors.as_posterior`` turns q into one over the model's sites). Starts from ``init`` (a
+    Normal, e.g. an encoder's q) or from m = 0, s = 0.1.
 
-    Maximises sum_i ELBO_i = E_q[log p(x_i, z_i) - log q(z_i)] with Adam on
-    (m, log s), the expectation estimated with ``num_particles``
-    reparameterised draws per point and step, all points in one batch (the
-    objective is a sum of independent terms and Adam is elementwise, so this
-    is per-point optimisation). Stopping rule: every ``window`` steps, the
-    mean ELBO per point over the last window is compared with the window
-    before; stop when it improved by less than ``tol`` nats, or after
-    ``max_steps``. The answer is the average of (m, log s) over the last
-    window (Polyak averaging): with a constant step size the last iterate
-    jitters around the optimum by about ``lr``, the average much less.
-    Starts from ``init`` (a Normal, e.g. an encoder's q) or from m = 0, s = 0.1.
-
-    Returns (q, steps): q a ``Normal(m, s).to_event(1)`` with batch shape
-    (len(x),), detached; steps the number of Adam steps taken.
+    Returns (q, steps): q a ``Normal(m, s).to_event(1)`` with batch shape (len(x),), detached;
+    steps the number of Adam steps taken.
     """
     if init is not None:
         loc = init.mean.detach().clone()
@@ -92,28 +126,10 @@ def fit_local_posterior(model, x, num_particles=8, lr=0.05, max_steps=3000, wind
         dim = layout_of(model, x, fixed).dim
         loc = torch.zeros(len(x), dim, device=x.device)
         log_scale = torch.full((len(x), dim), math.log(INIT_SCALE), device=x.device)
-    loc.requires_grad_(True)
-    log_scale.requires_grad_(True)
-    optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
-    history, previous, steps = [], None, 0
-    loc_sum, log_scale_sum = torch.zeros_like(loc), torch.zeros_like(log_scale)
-    with fixed_model(model):
-        while steps < max_steps:
-            elbo = elbo_step(model, x, loc, log_scale, optimizer, num_particles, fixed)
-            steps += 1
-            history.append(elbo.mean().item())
-            loc_sum += loc.detach()
-            log_scale_sum += log_scale.detach()
-            if len(history) == window:
-                current = sum(history) / window
-                if previous is not None and current - previous < tol:
-                    break
-                previous, history = current, []
-                loc_sum, log_scale_sum = torch.zeros_like(loc), torch.zeros_like(log_scale)
-    n = len(history)
-    if n == 0:  # stopped right after a window was reset: the current iterate
-        return dist.Normal(loc.detach(), log_scale.detach().exp()).to_event(1), steps
-    return dist.Normal(loc_sum / n, (log_scale_sum / n).exp()).to_event(1), steps
+    params = [loc.requires_grad_(True), log_scale.requires_grad_(True)]
+    steps = fit_local(model, x, params, factorised, num_particles=num_particles, lr=lr, max_steps=max_steps,
+                      window=window, tol=tol, fixed=fixed)
+    return factorised([p.detach() for p in params]), steps
 
 
 class WarmStarts:

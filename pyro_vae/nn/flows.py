@@ -14,8 +14,11 @@
 
 Flow densities are exact: log q(z) = log q0(eps) - sum log |det dT/deps|. A draw's density comes from
 the transforms' cache; at any other z (AIS's intermediate states) the autoregressive inverse is
-computed, one network pass per latent dimension.
+computed, one network pass per latent dimension. Only public pieces of Pyro are read: a conditional
+transform's network (``.nn``), and the context a :class:`Flow` records it was conditioned on.
 """
+
+import copy
 
 import torch
 import pyro.distributions as dist
@@ -29,6 +32,7 @@ FLOWS = ("iaf", "spline")
 FLOW_LAYERS = 2  # --flow-layers default
 SPLINE_BINS = 8
 MOMENT_DRAWS = 256  # draws behind a flow's Monte Carlo mean and variance
+MOMENT_SEED = 0  # their own generator's seed: a flow's mean is a function of the flow, the global RNG untouched
 
 
 def _zero_last_layer(arn):
@@ -54,24 +58,53 @@ def conditional_flow(kind, latent_dim, context_dim, layers, hidden):
 
 
 class Flow(dist.TransformedDistribution):
-    """q(z) = T_N o ... o T_1 pushing the Gaussian ``base`` forward; ``mean`` and ``variance`` are
-    Monte Carlo estimates from ``MOMENT_DRAWS`` draws (computed once)."""
+    """q(z) = T_N o ... o T_1 pushing the factorised Gaussian ``base`` forward. ``conditioned_on`` is
+    (the conditional transforms, the context) that ``transforms`` are those conditioned at, where
+    they are (the ``flow`` guide's q(z | x)), so that per-point copies can be made of them
+    (:func:`pointwise_flow`). ``mean`` and ``variance`` are Monte Carlo estimates from ``MOMENT_DRAWS``
+    draws made with a generator of their own seeded with ``MOMENT_SEED`` (computed once)."""
 
     arg_constraints = {}
+    last_draw = None  # the last value sample or rsample returned: the one the transforms' cache holds
+    _moment_cache = None
+
+    def __init__(self, base, transforms, conditioned_on=None, validate_args=None):
+        super().__init__(base, transforms, validate_args=validate_args)
+        self.conditioned_on = conditioned_on
+
+    def expand(self, batch_shape, _instance=None):
+        new = super().expand(batch_shape, _instance if _instance is not None else Flow.__new__(Flow))
+        new.conditioned_on = self.conditioned_on
+        return new
+
+    def sample(self, sample_shape=torch.Size()):
+        self.last_draw = super().sample(sample_shape)
+        return self.last_draw
+
+    def rsample(self, sample_shape=torch.Size()):
+        self.last_draw = super().rsample(sample_shape)
+        return self.last_draw
 
     def log_prob(self, value):
         """Exact log q(z): from the transforms' cache for the last draw, else by their inverse. The inverse
         branches on values (a spline's interval, an autoregressive pass per dimension), so a recording of
         it (``recording.record``: AIS's trajectories) is refused, and the recorder runs the Python."""
-        cached = getattr(self.transforms[-1], "_cached_x_y", (None, None))[1] is value if self.transforms else True
-        if not cached and get_proxy_mode() is not None:
+        if self.transforms and value is not self.last_draw and get_proxy_mode() is not None:
             raise RuntimeError("a flow's inverse branches on values")
         return super().log_prob(value)
 
     def _moments(self):
-        if getattr(self, "_moment_cache", None) is None:
+        if self._moment_cache is None:
+            base = self.base_dist
+            generator = torch.Generator(device=base.mean.device).manual_seed(MOMENT_SEED)
             with torch.no_grad():
-                z = self.sample((MOMENT_DRAWS,))
+                eps = torch.randn((MOMENT_DRAWS, *base.batch_shape, *base.event_shape), generator=generator,
+                                  device=base.mean.device, dtype=base.mean.dtype)
+                z = base.mean + base.stddev * eps
+                # through shallow copies: each keeps its own cache, so the originals' still holds the
+                # last draw, whose log_prob then needs no inverse
+                for transform in self.transforms:
+                    z = copy.copy(transform)(z)
             self._moment_cache = (z.mean(0), z.var(0))
         return self._moment_cache
 
@@ -149,11 +182,11 @@ def pointwise_flow(kind, num_points, dim, layers, hidden, start=None):
     """``layers`` per-point autoregressive transforms of ``kind`` (an ``nn.ModuleList`` of Pyro's
     ``AffineAutoregressive`` or ``SplineAutoregressive`` on :class:`PointwiseARN` networks): copies
     of the conditional transforms of ``start`` (a :class:`Flow` from the ``flow`` guide, at its
-    points' contexts) when given, else fresh ones (the identity)."""
+    points' contexts, its ``conditioned_on``) when given, else fresh ones (the identity)."""
     if kind not in FLOWS:
         raise ValueError(f"flow must be one of {', '.join(FLOWS)}, got {kind!r}")
     if start is not None:
-        return nn.ModuleList(_pointwise(kind, PointwiseARN.from_conditional(t.arn.func, t.arn.keywords["context"]))
-                             for t in start.transforms)
+        conditional, context = start.conditioned_on
+        return nn.ModuleList(_pointwise(kind, PointwiseARN.from_conditional(t.nn, context)) for t in conditional)
     dims = [1, 1] if kind == "iaf" else [SPLINE_BINS, SPLINE_BINS, SPLINE_BINS - 1, SPLINE_BINS]
     return nn.ModuleList(_pointwise(kind, PointwiseARN.fresh(num_points, dim, hidden, dims)) for _ in range(layers))

@@ -5,12 +5,13 @@ and its own trained model (decoder and encoder): on held-out points x,
 
 - L[q]: the ELBO of the family's encoder q(z | x);
 - L[q*]: the ELBO of the family's per-point optimum with the decoder fixed
-  (``pyro_vae.infer.local_families``), its optimisation started from the family's encoder q;
+  (``pyro_vae.infer.local_families``, every family by the one per-point fitter and stopping rule of
+  ``pyro_vae.infer.local_fit``), its optimisation started from the family's encoder q;
 - log p(x): exact where the model has ``log_marginal`` (``linear_gaussian``), else AIS
   (``ais_steps``) from the FFG q* (fitted from the encoder's means and sds), else importance
   sampling (K = ``iwae_samples``) from q*;
 - approximation gap log p(x) - L[q*] and amortization gap L[q*] - L[q], per point, then mean and
-  standard error over points;
+  standard error over points (``pyro_vae.studies.gaps``);
 - with ``nuts`` settings, NUTS started from the family's q gives the reference for the accuracy
   columns (mean error and sd ratio of q and q* against it), as in ``compare``'s table.
 
@@ -29,18 +30,22 @@ from matplotlib.figure import Figure
 
 from pyro_vae.plumbing.cli import UsageError, names_in
 from pyro_vae.program.density import layout_of
-from pyro_vae.program.estimators import elbo_terms, log_likelihood, mean_and_se
+from pyro_vae.program.estimators import elbo_terms, log_likelihood
 from pyro_vae.plumbing.files import atomic_path, write_json, write_text
 from pyro_vae.runs.fit_svi import fit_svi
 from pyro_vae.nn.flows import FLOW_LAYERS
 from pyro_vae.infer.ais import AISOptions, ais_log_likelihood
 from pyro_vae.infer.local_families import FAMILIES, GUIDE_OF, family_of, fit_family_posterior
-from pyro_vae.infer.local_fit import fit_local_posterior
 from pyro_vae.infer.mcmc.sampling import sample_latents
 from pyro_vae.infer.moment_matching import moment_matched
+from pyro_vae.studies.gaps import Gaps, plus_minus
 from pyro_vae.studies.posterior_comparison import gaussian_summary
 from pyro_vae.program.posteriors import as_posterior, guide_posterior
 from pyro_vae.runs.rundir import load_run
+
+
+# the figures of each family's row, in its column order
+FIGURES = ("log_px", "elbo_q_star", "elbo_q", "approximation_gap", "amortization_gap")
 
 
 def parse_families(text):
@@ -70,12 +75,14 @@ def accuracy(q, reference, layout):
 
 
 def log_px_for_gaps(model, x, star, ffg_star, *, ais_steps, ais_chains, iwae_samples, seed, fixed):
-    """(per-point log p(x), how it was estimated): exact, AIS from the FFG q*, or IS from q*."""
+    """(per-point log p(x), how it was estimated): exact, AIS from the FFG q* (``ffg_star()``, fitted
+    only then), or IS from q*."""
     if hasattr(model, "log_marginal"):
         with torch.no_grad():
             return model.log_marginal(x), "exact (closed form)"
     if ais_steps:
-        result = ais_log_likelihood(model, x, AISOptions(steps=ais_steps, chains=ais_chains, start=lambda _: ffg_star),
+        start = ffg_star()
+        result = ais_log_likelihood(model, x, AISOptions(steps=ais_steps, chains=ais_chains, start=lambda _: start),
                                     fixed=fixed, seed=seed)
         return result.log_likelihood, f"AIS, {ais_chains} chains x {ais_steps} steps from the FFG q*"
     ll = log_likelihood(model, lambda _: star, x, iwae_samples, batch_size=len(x), fixed=fixed)
@@ -90,28 +97,31 @@ def decompose(model, guide, x, *, elbo_samples=200, iwae_samples=1000, ais_steps
     layout = layout_of(model, x, fixed)
     with torch.no_grad():
         q = guide_posterior(guide, x, fixed=fixed)
-    start = time.perf_counter()
+    # q* starts from the encoder's q where q is over u: the FFG from its means and sds, the others from q itself
     gaussian = dist.Normal(q.mean, q.stddev).to_event(1) if layout.is_identity() else None
-    ffg_star, steps = fit_local_posterior(model, x, init=gaussian, fixed=fixed)  # from the encoder's moments
-    star = ffg_star
-    if family != "ffg":  # from the family's own encoder q
-        star, steps = fit_family_posterior(model, x, family, init=q if layout.is_identity() else None,
-                                           flow=getattr(guide, "flow", "iaf"),
-                                           flow_layers=getattr(guide, "flow_layers", FLOW_LAYERS), fixed=fixed)
+    init = gaussian if family == "ffg" or gaussian is None else q
+
+    def ffg_star():  # AIS's start, fitted only for it: the FFG q* from the encoder's moments
+        if family == "ffg":
+            return star
+        return as_posterior(fit_family_posterior(model, x, "ffg", init=gaussian, fixed=fixed)[0], layout)
+
+    start = time.perf_counter()
+    star, steps = fit_family_posterior(model, x, family, init=init, flow=getattr(guide, "flow", "iaf"),
+                                       flow_layers=getattr(guide, "flow_layers", FLOW_LAYERS), fixed=fixed)
     star_seconds = time.perf_counter() - start
-    star, ffg_star = as_posterior(star, layout), as_posterior(ffg_star, layout)
+    star = as_posterior(star, layout)
     elbo_q = elbo_terms(model, lambda _: q, x, samples=elbo_samples, batch_size=len(x), fixed=fixed)[2]
     elbo_star = elbo_terms(model, lambda _: star, x, samples=elbo_samples, batch_size=len(x), fixed=fixed)[2]
     log_px, how = log_px_for_gaps(model, x, star, ffg_star, ais_steps=ais_steps, ais_chains=ais_chains,
                                   iwae_samples=iwae_samples, seed=seed, fixed=fixed)
-    per_point = {"log_px": log_px, "elbo_q_star": elbo_star, "elbo_q": elbo_q,
-                 "approximation_gap": log_px - elbo_star, "amortization_gap": elbo_star - elbo_q}
+    gaps = Gaps(log_px, elbo_q, elbo_star)
+    per_point = gaps.per_point()
     row = {"family": family, "guide": guide.name, "log_px_estimate": how, "q_star_steps": steps,
            "q_star_seconds": star_seconds, "num_points": len(x)}
     if family == "flow":
         row["flow"] = f"{guide.flow}, {guide.flow_layers} layers"
-    for name, values in per_point.items():
-        row[name], row[f"{name}_se"] = mean_and_se(values)
+    row.update(gaps.summary(FIGURES))
     if nuts is not None:
         chains, warmup, samples = nuts
         draws, _, row["nuts_seconds"] = sample_latents(model, x, chains=chains, warmup=warmup, samples=samples,
@@ -129,7 +139,6 @@ def cremer_holds(rows):
 
 def format_families(rows, dataset, title="Gaps per variational family"):
     """The decomposition of every family, side by side, as markdown."""
-    pm = lambda r, k: f"{r[k]:.3f} ± {r[k + '_se']:.3f}"  # noqa: E731
     lines = [f"# {title} (Cremer, Li & Duvenaud 2018): {dataset}, {rows[0]['num_points']} held-out points", "",
              "Nats per point, ± one standard error over points; each family with its own trained decoder.", "",
              "| family | log p(x) | L[q*] | L[q] | approximation gap | amortization gap | q* steps | "
@@ -138,9 +147,8 @@ def format_families(rows, dataset, title="Gaps per variational family"):
         label = r["family"] + (f" ({r['flow']})" if "flow" in r else "")
         accuracy_cells = (f"{r['q_mean_error']:.3f} / {r['q_star_mean_error']:.3f} | "
                           f"{r['q_sd_ratio']:.3f} / {r['q_star_sd_ratio']:.3f}") if "q_mean_error" in r else "- | -"
-        lines.append(f"| {label} | {pm(r, 'log_px')} | {pm(r, 'elbo_q_star')} | {pm(r, 'elbo_q')} | "
-                     f"{pm(r, 'approximation_gap')} | {pm(r, 'amortization_gap')} | {r['q_star_steps']} | "
-                     f"{accuracy_cells} |")
+        figures = " | ".join(plus_minus(r, name) for name in FIGURES)
+        lines.append(f"| {label} | {figures} | {r['q_star_steps']} | {accuracy_cells} |")
     holds = cremer_holds(rows)
     lines += ["", f"log p(x): {rows[0]['log_px_estimate']}. Accuracy columns: against the Gaussian moment-matched to "
                   "NUTS draws (NUTS started from the family's q), where run.",

@@ -7,9 +7,9 @@ reference), and scores each: the ELBO, the importance-sampled log p(x) with
 the same K for all, the error of posterior means and the ratio of posterior
 standard deviations against NUTS, KL(q || N_nuts) where N_nuts is the
 Gaussian moment-matched to each point's NUTS draws, and wall time; then the
-gap decomposition of Cremer, Li & Duvenaud (2018): approximation gap =
-log p(x) - L[q*], amortization gap = L[q*] - L[q_encoder], with standard
-errors over points. log p(x) there is the importance-weighted estimate with
+gap decomposition of Cremer, Li & Duvenaud (2018) (``pyro_vae.studies.gaps``):
+approximation gap = log p(x) - L[q*], amortization gap = L[q*] - L[q_encoder],
+with standard errors over points. log p(x) there is the importance-weighted estimate with
 the NUTS proposal, the tightest of the three. For a model with a closed
 form (``linear_gaussian``) an ``exact`` row and the exact approximation gap
 are added. ``format_report`` writes it as markdown.
@@ -30,6 +30,7 @@ from pyro_vae.infer.local_fit import fit_local_posterior
 from pyro_vae.infer.mcmc.sampling import diagnose, inference_data, sample_latents
 from pyro_vae.infer.moment_matching import moment_matched
 from pyro_vae.program.posteriors import as_posterior, guide_posterior
+from pyro_vae.studies.gaps import Gaps, plus_minus
 
 SUMMARY_DRAWS = 1000  # draws behind the Gaussian summary of a posterior over several latent sites
 
@@ -128,9 +129,8 @@ def score(model, q, x, reference, *, iwae_samples, elbo_samples, fixed=None):
     return row, {"elbo": elbo, "log_likelihood": ll}
 
 
-def exact_row(model, x, reference, meanfield_elbo):
-    """The closed-form posterior and log p(x) of a model that has them, and
-    the exact approximation gap."""
+def exact_row(model, x, reference):
+    """The closed-form posterior and log p(x) of a model that has them (the row, and log p(x) per point)."""
     with torch.no_grad():
         exact = model.exact_posterior(x)
         exact_ll = model.log_marginal(x)
@@ -140,7 +140,7 @@ def exact_row(model, x, reference, meanfield_elbo):
         "sd_ratio": float((exact.variance.sqrt() / reference.variance.sqrt()).mean()),
         "kl_to_nuts": float(torch.distributions.kl_divergence(exact, reference).mean()),
     }
-    return row, mean_and_se(exact_ll - meanfield_elbo)
+    return row, exact_ll
 
 
 def ais_log_px(model, x, q, steps, chains, seed, fixed):
@@ -187,13 +187,12 @@ def compare_posteriors(model, encoder, x, *, iwae_samples=1000, elbo_samples=200
     if ais_steps:
         log_px, results["ais"] = ais_log_px(model, x, posteriors["nuts"], ais_steps, ais_chains, seed, fixed)
         results["log_likelihood_for_gaps"] = f"AIS, {ais_chains} chains x {ais_steps} steps from the NUTS proposal"
-    approximation = log_px - meanfield_elbo
-    amortization = meanfield_elbo - per_point["amortized"]["elbo"]
-    results["approximation_gap"], results["approximation_gap_se"] = mean_and_se(approximation)
-    results["amortization_gap"], results["amortization_gap_se"] = mean_and_se(amortization)
+    amortized_elbo = per_point["amortized"]["elbo"]
+    results.update(Gaps(log_px, amortized_elbo, meanfield_elbo).summary(("approximation_gap", "amortization_gap")))
     if hasattr(model, "exact_posterior"):
-        results["exact"], (results["exact_approximation_gap"], results["exact_approximation_gap_se"]) = exact_row(
-            model, x, reference, meanfield_elbo)
+        results["exact"], exact_ll = exact_row(model, x, reference)
+        exact = Gaps(exact_ll, amortized_elbo, meanfield_elbo).summary(("approximation_gap",))
+        results.update({f"exact_{name}": value for name, value in exact.items()})
     return results, dict(posteriors), posteriors.draws, posteriors.nuts_idata
 
 
@@ -207,12 +206,12 @@ def format_report(results, dataset, run):
              "|---|---|---|---|---|---|---|---|"]
     for name in rows:
         r = results[name]
-        elbo = f"{r['elbo']:.3f} ± {r['elbo_se']:.3f}" if "elbo" in r else "-"
+        elbo = plus_minus(r, "elbo") if "elbo" in r else "-"
         seconds = (f"{r['seconds']:.3f}", f"{r['seconds_per_point']:.2e}") if "seconds" in r else ("-", "-")
         label = name
         if name == "nuts" and not r["converged"]:
             label = "nuts ⚠ not converged"
-        lines.append(f"| {label} | {elbo} | {r['log_likelihood']:.3f} ± {r['log_likelihood_se']:.3f} | "
+        lines.append(f"| {label} | {elbo} | {plus_minus(r, 'log_likelihood')} | "
                      f"{r['mean_error']:.4f} | {r['sd_ratio']:.3f} | {max(r['kl_to_nuts'], 0.0):.4f} | {seconds[0]} | {seconds[1]} |")
     nuts = results["nuts"]
     r_hat = "n/a (one chain)" if nuts["max_r_hat"] is None else f"{nuts['max_r_hat']:.3f}"
@@ -223,20 +222,19 @@ def format_report(results, dataset, run):
         lines.append(f"- warning: {warning}")
     if "ais" in results:
         a = results["ais"]
-        lines += ["", f"AIS: log p(x) = {a['log_likelihood']:.3f} ± {a['log_likelihood_se']:.3f} ({a['chains']} chains "
+        lines += ["", f"AIS: log p(x) = {plus_minus(a, 'log_likelihood')} ({a['chains']} chains "
                       f"x {a['steps']} steps from the NUTS proposal, acceptance {a['acceptance']:.2f}, "
                       f"{a['seconds']:.1f} s)."]
     lines += ["", f"## Gaps (Cremer, Li & Duvenaud 2018), nats per point; log p(x): {results['log_likelihood_for_gaps']}",
               "",
-              f"- approximation gap log p(x) - L[q*] = {results['approximation_gap']:.3f} ± "
-              f"{results['approximation_gap_se']:.3f}",
-              f"- amortization gap L[q*] - L[q_encoder] = {results['amortization_gap']:.3f} ± "
-              f"{results['amortization_gap_se']:.3f}, of which {results['semi_amortized']['steps']} refinement "
+              f"- approximation gap log p(x) - L[q*] = {plus_minus(results, 'approximation_gap')}",
+              f"- amortization gap L[q*] - L[q_encoder] = {plus_minus(results, 'amortization_gap')}, of which "
+              f"{results['semi_amortized']['steps']} refinement "
               f"steps of the encoder's q close {results['semi_amortized_closes'][0]:.3f} ± "
               f"{results['semi_amortized_closes'][1]:.3f}"]
     if "exact_approximation_gap" in results:
-        lines.append(f"- exact approximation gap (closed-form log p(x)) = {results['exact_approximation_gap']:.3f} ± "
-                     f"{results['exact_approximation_gap_se']:.3f}")
+        lines.append(f"- exact approximation gap (closed-form log p(x)) = "
+                     f"{plus_minus(results, 'exact_approximation_gap')}")
     lines += ["", f"Per new point: the encoder takes {results['amortized']['seconds_per_point']:.2e} s, the mean-field "
                   f"fit {results['meanfield']['seconds_per_point']:.2e} s ({results['meanfield']['steps']} Adam steps), "
                   f"the encoder plus {results['semi_amortized']['steps']} refinement steps "
