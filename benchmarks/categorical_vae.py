@@ -37,6 +37,8 @@ from pyro_vae.plumbing.registry import get_guide, get_model
 from pyro_vae.objectives.relaxed import Temperature
 from pyro_vae.infer.svi.train import make_svi, train_epoch
 
+from machine import machine, machine_header
+
 PROG = "benchmarks/categorical_vae.py"
 JANG_TABLE_1 = {"relaxed": 101.5, "relaxed-st": 107.8, "score-function": 110.6}  # negative ELBO, M = 20, K = 10
 METHODS = ("relaxed", "relaxed-st", "score-function", "rws")
@@ -141,6 +143,7 @@ def markdown(rows, args):
 
 def main(argv=None):
     args = parse(argv)
+    print(machine_header(), flush=True)
     out = Path(args.out or f"runs/categorical-vae-{datetime.now():%Y%m%d-%H%M%S}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         sys.exit(f"{PROG}: error: {out} exists and is not empty")
@@ -150,7 +153,7 @@ def main(argv=None):
     rows = [run_method(method, args, data, hidden) for method in args.methods.split(",")]
     table = markdown(rows, args)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"settings": vars(args), "rows": rows,
+    (out / "results.json").write_text(json.dumps({"settings": vars(args), "machine": machine(), "rows": rows,
                                                   "seconds": time.perf_counter() - start}, indent=2))
     (out / "table.md").write_text(table + "\n")
     print(table)

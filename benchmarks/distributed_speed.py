@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from machine import machine_header
+
 
 def run(label, launcher, threads, args, out):
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -38,6 +40,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    print(machine_header(), flush=True)
     common = ["--dataset", "mnist", "--data-dir", args.data_dir, "--latent-dim", "50", "--hidden-dims", "400",
               "--batch-size", "128", "--epochs", str(args.epochs), "--device", args.device, "--no-progress",
               "--eval-iwae-samples", "10", "--eval-max-examples", "100"]

@@ -46,6 +46,8 @@ from pyro_vae.program.estimators import elbo_terms
 from pyro_vae.objectives import ELBOS
 from pyro_vae.infer.svi.train import NonFiniteLoss, make_svi, train_epoch
 
+from machine import machine_header
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -99,8 +101,9 @@ def main():
 
     device = torch.device(args.device)
     data = load_dataset("mnist", args.data_dir, "dynamic", device)
+    print(machine_header(), flush=True)
     print(f"MNIST {data.num_train} train / {len(data.test_x)} test on {device}, batch {args.batch_size}, "
-          f"{args.epochs} epochs, torch {torch.__version__}, pyro {pyro.__version__}, {torch.get_num_threads()} threads")
+          f"{args.epochs} epochs")
 
     torch.manual_seed(args.seed)
     vae = HandWrittenVAE().to(device)

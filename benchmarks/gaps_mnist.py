@@ -37,6 +37,8 @@ from pyro_vae.runs.config import EvaluationSettings, FitConfig
 from pyro_vae import fit
 from pyro_vae.studies.family_gaps import compare_families, parse_families
 
+from machine import machine_header
+
 
 def families(args):
     """``--families``: each family trained at Cremer et al.'s settings, its gaps decomposed."""
@@ -71,6 +73,7 @@ def main():
     p.add_argument("--flow", default="iaf", help="the flow family's transforms: iaf or spline")
     p.add_argument("--flow-layers", type=int, default=2, help="the flow family's number of transforms")
     args = p.parse_args()
+    print(machine_header(), flush=True)
     if args.families:
         return families(args)
     start = time.perf_counter()

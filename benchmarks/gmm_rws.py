@@ -36,6 +36,8 @@ from pyro_vae.guides.categorical import CategoricalAmortized
 from pyro_vae.models.gmm import MIN_SCALE, GaussianMixture
 from pyro_vae.infer.svi.train import make_svi
 
+from machine import machine, machine_header
+
 PROG = "benchmarks/gmm_rws.py"
 COMPONENTS = 20
 
@@ -139,6 +141,7 @@ def main():
         print(f"{PROG}: error: --out {out}: already exists and is not empty; choose a new directory", file=sys.stderr)
         sys.exit(2)
     torch.set_num_threads(1)
+    print(machine_header(), flush=True)
     truth = true_model()
     heldout = draw(truth, 1000, torch.Generator().manual_seed(12345))
     results = {}
@@ -159,7 +162,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     text = table(results, args.particles)
     (out / "table.md").write_text(text + "\n")
-    (out / "results.json").write_text(json.dumps({"settings": vars(args), "results": results}, indent=1))
+    (out / "results.json").write_text(json.dumps({"settings": vars(args), "machine": machine(), "results": results},
+                                                 indent=1))
     figure(results, out / "errors.png")
     print(text)
     print(f"wrote {out}/table.md, results.json, errors.png")

@@ -76,8 +76,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: pyro_vae importable without an install
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # machine.py, also where this file is loaded by its path (the tests)
 
 import torch  # noqa: E402
+from machine import machine_header  # noqa: E402
 
 DEFAULT_BUDGET = 540  # seconds: the device runs one command for at most 600
 MIN_START = 30  # a part starts only while this many seconds of the budget are left
@@ -485,7 +487,7 @@ def markdown_row(r):
 
 def environment():
     info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "machine": machine_header()}
     try:
         import pyro
 
@@ -571,7 +573,7 @@ def main(argv=None):
     info = environment()
     print(f"# gpu_suite, {mode} mode{', dry run' if args.dry_run else ''}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
           f"device: {info['device'] or 'no CUDA device'}; torch {info['torch']} (CUDA {info['cuda']}), "
-          f"pyro {info['pyro']}, python {info['python']}\nrun directory: {out}\ndata: {data_dir}\n"
+          f"pyro {info['pyro']}, python {info['python']}\n{info['machine']}\nrun directory: {out}\ndata: {data_dir}\n"
           f"budget: {f'{args.budget:.0f} s' if args.budget else 'none'}; parts: {len(parts)}, "
           f"expected {sum(p.expected for p in parts)} s in all", flush=True)
     if args.dry_run:
@@ -633,7 +635,8 @@ def run_suite(parts, args, out, mode, info):
     record["seconds"] = round(time.perf_counter() - start, 1)
     write_summary(out, record)
     print(f"\n## Summary\n\n{info['device'] or 'no CUDA device'}, torch {info['torch']}, pyro {info['pyro']}; {mode} mode, "
-          f"{record['seconds']:.0f} s\n\n{markdown(record['rows'])}\n\nwrote {out}/summary.json and summary.md",
+          f"{record['seconds']:.0f} s\n{info['machine']}\n\n{markdown(record['rows'])}\n\n"
+          f"wrote {out}/summary.json and summary.md",
           flush=True)
     return 0 if record["finished"] and all(r["status"] in ("ok", "not available") for r in record["rows"]) else 1
 

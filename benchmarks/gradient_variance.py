@@ -41,6 +41,8 @@ from pyro_vae.objectives import make_objective
 from pyro_vae.plumbing.registry import get_guide, get_model
 from pyro_vae.infer.svi.train import make_svi, train_epoch
 
+from machine import machine, machine_header
+
 PROG = "benchmarks/gradient_variance.py"
 PREDICTED = {("iwae", "encoder"): "-0.5 (Rainforth et al. 2018)", ("iwae", "decoder"): "+0.5 (Rainforth et al. 2018)",
              ("iwae-dreg", "encoder"): ">= 0, does not fall (Tucker et al. 2019)",
@@ -190,6 +192,7 @@ def main():
                         help="smoke run: 20 draws, K 1 5 50, late state after 3 epochs")
     parser.add_argument("--out", default=None, help="default runs/gradient-variance-<timestamp>")
     args = parser.parse_args()
+    print(machine_header(), flush=True)
     if args.quick:
         args.draws, args.particles, args.late_epochs = 20, [k for k in args.particles if k <= 50], 3
     if args.draws < 2 or min(args.particles) < 1 or not 1 <= args.early_epochs < args.late_epochs:
@@ -239,7 +242,7 @@ def main():
     (out / "results.json").write_text(json.dumps({
         "settings": {**vars(args), "particles": particles, "dataset": "digits", "model": "bernoulli_mlp",
                      "guide": "amortized", "num_train": num_data, "gradient_scale": "d(loss / N) / d params"},
-        "versions": {"torch": torch.__version__, "pyro-ppl": pyro.__version__},
+        "machine": machine(),
         "states": states, "predictions": {f"{a} {b}": p for (a, b), p in PREDICTED.items()},
         "seconds": seconds}, indent=1))
     print(f"\n{seconds:.0f} s in all; wrote {out}/results.json, table.md, snr_vs_k.png")

@@ -24,6 +24,8 @@ from pyro_vae.infer.local_fit import fit_local_posterior
 from pyro_vae.plumbing.registry import get_guide, get_model
 from pyro_vae.infer.svi.train import make_svi
 
+from machine import machine_header
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -33,6 +35,7 @@ def main():
     parser.add_argument("--blocks", type=int, default=7)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    print(machine_header(), flush=True)
     device = torch.device(args.device)
     data = load_dataset("mnist", args.data_dir, "dynamic", device)
     pyro.set_rng_seed(0)

@@ -27,6 +27,8 @@ from pyro_vae.infer.local_fit import fit_local_posterior
 from pyro_vae.runs.fit_svi import setup
 from pyro_vae.infer.svi.train import train_epoch
 
+from machine import machine_header
+
 
 def train_for(config, budget, max_epochs=None):
     pyro.set_rng_seed(config.seed)
@@ -64,6 +66,7 @@ def main():
     p.add_argument("--iwae-samples", type=int, default=500)
     p.add_argument("--out", default="runs/local-steps-curve")
     args = p.parse_args()
+    print(machine_header(), flush=True)
     base = dict(dataset="mnist", data_dir=args.data_dir, latent_dim=50, hidden_dims=(400,), batch_size=128, seed=0,
                 device="cpu")
     rows = []

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import machine_header
+
 RECIPE = ["--dataset", "mnist", "--binarize", "dynamic", "--latent-dim", "50", "--hidden-dims", "200,200",
           "--activation", "tanh", "--batch-size", "20", "--lr", "1e-3", "--lr-schedule", "burda"]
 PUBLISHED = -86.76  # Burda et al. (2015), table 1: VAE, one stochastic layer, K = 5000
@@ -47,6 +49,7 @@ def main():
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"))
     parser.add_argument("--out", default=f"runs/mnist-nll-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args()
+    print(machine_header(), flush=True)
     stops = [int(e) for e in args.epochs.split(",")]
     rows = []
     for i, epochs in enumerate(stops):

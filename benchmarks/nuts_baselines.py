@@ -266,11 +266,10 @@ def main(argv=None):
         numpyro_worker(args.warmup, args.samples, args.seeds)
         return
 
-    import pyro
-    import torch
+    from machine import machine_header
 
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), pyro {pyro.__version__}; "
-          f"{N_DATA} points x {DATA_DIM} dims, {N_DATA * LATENT_DIM} latent dims; "
+    print(machine_header())
+    print(f"{N_DATA} points x {DATA_DIM} dims, {N_DATA * LATENT_DIM} latent dims; "
           f"warmup {args.warmup}, samples {args.samples}, seeds {args.seeds}")
     rows = run_baselines(args.warmup, args.samples, args.seeds, args.skip_numpyro)
     report(rows)

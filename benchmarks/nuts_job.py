@@ -150,8 +150,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.numpyro_worker:
         return numpyro_worker(args.numpyro_worker, args.warmup, args.samples, args.seed)
+    from machine import machine_header
     from pyro_vae.runs.config import MCMCSettings
 
+    print(machine_header(), "(this process; the timed jobs are processes of their own)", flush=True)
     warmup = args.warmup or MCMCSettings.warmup
     samples = args.samples or MCMCSettings.samples
     lengths = ["--warmup", str(warmup), "--samples", str(samples)]

@@ -31,6 +31,8 @@ from pyro_vae.runs.config import EvaluationSettings, FitConfig
 from pyro_vae import fit
 from pyro_vae.infer.mcmc.sampling import sample_latents
 
+from machine import machine_header
+
 
 def methods(points):
     """(key, table name, sample_latents options) of every method this problem size allows."""
@@ -54,6 +56,7 @@ def main():
     p.add_argument("--methods", default="joint,blocks,per-point,per-point-capped,chees",
                    help="comma-separated subset of joint, blocks, per-point, per-point-capped, chees")
     args = p.parse_args()
+    print(machine_header(), flush=True)
     with tempfile.TemporaryDirectory() as out:
         run = fit(FitConfig(dataset="mnist", data_dir=args.data_dir, latent_dim=50, hidden_dims=(400,),
                             epochs=args.epochs, device=args.device, out=out, evaluation=EvaluationSettings(10, 10)),

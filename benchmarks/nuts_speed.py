@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_header  # noqa: E402
 from nuts_baselines import make_row, problem, report, run_baselines  # noqa: E402
 
 from pyro_vae.infer.mcmc.sampling import monte_carlo_em, sample_latents  # noqa: E402
@@ -104,6 +105,7 @@ def main():
     args = parser.parse_args()
     if args.worker is not None:
         return worker(args.worker)
+    print(machine_header(), "(stock Pyro's rows; pyro_vae's: 1 thread)", flush=True)
     weights, x = problem()
     rows = run_baselines(500, 500, args.seeds, args.skip_numpyro, skip_pyro=args.skip_pyro)
     torch.set_num_threads(1)

@@ -35,6 +35,7 @@ def test_dry_run_lists_every_part_and_each_parses(mode, mnist, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert not out.exists()  # a dry run writes nothing
     assert "torch " in printed and "pyro " in printed and "device: " in printed
+    assert "vector ISA: " in printed and "torch threads" in printed  # benchmarks/machine.py's processor line
     names = [p.name for p in parts(mode, out, mnist)]
     assert {"cuda-tests", "fit-mnist", "fit-speed", "posterior", "many-points", "burda-trace", "burda-iwae-5",
             "burda-iwae-50", "burda-iwae-dreg-50"} <= set(names)
@@ -88,7 +89,8 @@ def test_runner_prints_rows_as_parts_end_and_goes_on(tmp_path, capsys):
            part("last", f"print('{table}')")]
     out = tmp_path / "run"
     status = suite.run_suite(run, Namespace(budget=120), out, "quick", {"device": "test", "torch": "t", "pyro": "p",
-                                                                        "python": "3", "cuda": None})
+                                                                        "python": "3", "cuda": None,
+                                                                        "machine": "CPU: test"})
     printed = capsys.readouterr().out
     assert status == 1
     lines = [line for line in printed.splitlines() if line.startswith("| ") and "| part |" not in line]
@@ -101,6 +103,7 @@ def test_runner_prints_rows_as_parts_end_and_goes_on(tmp_path, capsys):
     assert "not available: pyro_vae.fit has no --particles flag" in streamed[4]
     assert "fast check" in streamed[5]
     assert lines[len(run):] == streamed  # the final summary table repeats them
+    assert "\nCPU: test\n" in printed  # the summary names the processor
     record = json.loads((out / "summary.json").read_text())
     assert record["finished"] and [r["status"] for r in record["rows"]] == [
         "ok", "failed", "timeout", "skipped", "not available", "ok"]

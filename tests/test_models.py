@@ -72,13 +72,20 @@ def test_log_joint_terms_match_trace():
     assert torch.allclose(log_prior[0], trace.nodes["z"]["log_prob"], atol=1e-5)
 
 
-def test_softplus_is_torchs_with_its_gradient():
-    """building_blocks.softplus (the hidden activation, and the Bernoulli's log-normaliser) is
-    F.softplus to float rounding over the whole range, and so is its gradient, sigmoid."""
+@pytest.mark.parametrize("form", ["fused", "aten"])
+def test_softplus_is_torchs_with_its_gradient(form, monkeypatch):
+    """pyro_vae.nn.softplus (the hidden activation, and the Bernoulli's log-normaliser) in either form,
+    the fused one and ATen's, is F.softplus to float rounding over the whole range, and so is its
+    gradient, sigmoid; the form is the processor's (FUSED_SOFTPLUS_CPUS), and a recording keeps it."""
     import torch.nn.functional as F
+    from torch.fx.experimental.proxy_tensor import make_fx
 
+    import pyro_vae.nn as nn_module
     from pyro_vae.nn import ACTIVATIONS, Softplus, softplus
 
+    expected = "fused" if torch.backends.cpu.get_cpu_capability() in nn_module.FUSED_SOFTPLUS_CPUS else "aten"
+    assert nn_module.CPU_SOFTPLUS == expected
+    monkeypatch.setattr(nn_module, "CPU_SOFTPLUS", form)
     x = torch.cat([torch.linspace(-120, 120, 2001), torch.tensor([0.0, -1e-8, 1e-8, 25.0])]).requires_grad_(True)
     value = softplus(x)
     (grad,) = torch.autograd.grad(value.sum(), x)
@@ -93,9 +100,11 @@ def test_softplus_is_torchs_with_its_gradient():
     tracked = track_provenance(x, frozenset({"z"}))
     (through,) = torch.autograd.grad(softplus(tracked).sum(), x)
     assert torch.allclose(through, grad)
-    # and a recording (make_fx, which the samplers compile) keeps the cheap form, not ATen's softplus
-    from torch.fx.experimental.proxy_tensor import make_fx
-
+    # a recording (make_fx, which the samplers and compiled SVI compile) keeps the form it was made with
     recorded = make_fx(lambda v: torch.autograd.grad(softplus(v).sum(), v))(x.detach().requires_grad_(True))
     targets = {str(node.target) for node in recorded.graph.nodes}
-    assert "aten.softplus.default" not in targets and "aten.sigmoid.default" in targets
+    fused = "aten.softplus.default" not in targets and "aten.sigmoid.default" in targets
+    assert fused == (form == "fused"), targets
+    monkeypatch.setattr(nn_module, "CPU_SOFTPLUS", "aten" if form == "fused" else "fused")
+    (replayed,) = recorded(x.detach().requires_grad_(True))
+    assert torch.equal(replayed, grad)

@@ -11,15 +11,27 @@ from torch.distributions.utils import broadcast_all
 from torch.nn import functional as F
 
 
+# The processors (``torch.backends.cpu.get_cpu_capability()``) on which :class:`_Softplus` was measured faster
+# than ATen's softplus, in every mode: eager with and without autograd, a make_fx recording replayed, and
+# that recording compiled by Inductor. On an AVX-512 AMD EPYC, 1 thread, 2000 x 784, it took 0.2 to 0.3
+# the time of ATen's (12 ms against 48 ms forward without grad; 16 against 52 ms forward and backward;
+# 0.1 to 0.4 at 128 x 400 and 400 x 64): both ATen's kernel and Inductor's code call Sleef's AVX-512
+# log1p, which is slow there. Restricted to AVX2 (ATEN_CPU_CAPABILITY=avx2, which Inductor follows too),
+# ATen's took 0.65 to 0.9 the time of the fused form in every mode and shape. docs/benchmarks.md has
+# the table and the command. On CUDA, ATen's is one kernel where the fused form is seven.
+FUSED_SOFTPLUS_CPUS = frozenset({"AVX512"})
+# Decided once per process from the processor, not by timing at start-up: a choice that followed the
+# machine's load would change a run's figures (the two forms round differently) from one run to the next.
+CPU_SOFTPLUS = "fused" if torch.backends.cpu.get_cpu_capability() in FUSED_SOFTPLUS_CPUS else "aten"
+
+
 class _Softplus(torch.autograd.Function):
     """softplus(x) = log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), d/dx = sigmoid(x).
 
-    The same function as ``F.softplus``, four times cheaper on CPU: ATen's
-    softplus goes through ``log1p``, which is not vectorised there (0.9 ms of
-    the 1.6 ms a digits decoder's log density and gradient took for 400
-    rows, ``benchmarks/nuts_job.py``), while ``log`` and ``exp`` are. ``log``
-    of 1 + e^-|x| (in (1, 2]) is off from ``log1p`` by at most half an ulp of
-    1, 6e-8: an absolute error, harmless in a sum of log densities."""
+    The same function as ``F.softplus``, in operations (``log``, ``exp``)
+    that are fast where ATen's ``log1p`` is slow (``FUSED_SOFTPLUS_CPUS``).
+    ``log`` of 1 + e^-|x| (in (1, 2]) is off from ``log1p`` by at most half
+    an ulp of 1, 6e-8: an absolute error, harmless in a sum of log densities."""
 
     @staticmethod
     def forward(x):
@@ -36,8 +48,9 @@ class _Softplus(torch.autograd.Function):
 
 
 def softplus(x):
-    """log(1 + e^x), elementwise (:class:`_Softplus`)."""
-    if type(x) is not torch.Tensor:
+    """log(1 + e^x), elementwise: :class:`_Softplus` on a CPU in ``FUSED_SOFTPLUS_CPUS``, else
+    ``F.softplus``. A recording (make_fx) keeps the form chosen when it was made."""
+    if type(x) is not torch.Tensor or x.device.type != "cpu" or CPU_SOFTPLUS != "fused":
         # a tensor subclass, such as the provenance tracking of Pyro's TraceGraph_ELBO: through it an
         # autograd.Function's output loses its gradient (the decoder's first layer went untrained).
         # Not torch.overrides.has_torch_function: that is also true inside make_fx's recording
