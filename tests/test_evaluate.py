@@ -75,7 +75,7 @@ def test_chunking_does_not_change_the_estimate(trained, monkeypatch):
     pool = q.sample((800,))  # twice what is needed: a chunking that draws too many sees other particles
 
     def estimate(chunk_elements):
-        monkeypatch.setattr(estimators_module, "CHUNK_ELEMENTS", chunk_elements)
+        monkeypatch.setattr(estimators_module, "CHUNK_ELEMENTS", {"cpu": chunk_elements, "cuda": chunk_elements})
         requests = []
         ll = log_likelihood(model, lambda xb: Replay(q.base_dist, pool, requests), x, num_samples=400)
         return ll, requests

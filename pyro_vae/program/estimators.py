@@ -29,9 +29,14 @@ from pyro_vae.program.enumeration import exact_terms, summed_out
 from pyro_vae.program.posteriors import flat_mean
 
 ACTIVE_UNIT_THRESHOLD = 0.01
-# Particles are drawn in chunks so that one chunk's (particles x examples x
-# data_dim) tensors stay near this many elements (64 MB of float32 each).
-CHUNK_ELEMENTS = 2**24
+# Particles are drawn in chunks so that one chunk's (particles x examples x data_dim) tensors stay near
+# this many elements, by device type. On CPU the decoder's elementwise passes (bias, softplus, the
+# Bernoulli's log density) cost as much as its matrix multiplies and run at the speed of memory: with
+# chunks of 4 MB of float32, which a 32 MB L3 holds several of, log p(x) at K = 300 on 100 MNIST-sized
+# points (784-400-50) took 0.47 the time of 64 MB chunks (1 thread, AVX-512 AMD EPYC, medians of 5
+# interleaved runs; 2^19 and 2^21 elements within 10%). A GPU is fed large chunks: no Python per
+# small chunk, and kernels that fill the device.
+CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**24}
 
 
 def log_weights(model, q, x, z, fixed=None):
@@ -43,7 +48,9 @@ def log_weights(model, q, x, z, fixed=None):
 def log_likelihood(model, proposal, x, num_samples=5000, batch_size=100, progress=False, fixed=None):
     """Importance-weighted estimate of log p(x) for each row of ``x``:
     log (1/K) sum_k w_k, accumulated chunk by chunk with logaddexp, so memory
-    does not grow with K. Returns a tensor of shape (len(x),)."""
+    does not grow with K; q(z | x) is built once per batch of ``batch_size``
+    rows and drawn from chunk by chunk (``CHUNK_ELEMENTS``). Returns a tensor
+    of shape (len(x),)."""
     results = []
     batches = x.split(batch_size)
     for x_batch in tqdm(batches, desc=f"log p(x), K={num_samples}", disable=not progress, leave=False):
@@ -51,7 +58,8 @@ def log_likelihood(model, proposal, x, num_samples=5000, batch_size=100, progres
         if summed_out(model, x_batch, fixed):  # every latent discrete: log p(x) is a finite sum, exact
             results.append(log_joint(model, x_batch, {}, fixed))
             continue
-        chunk = max(1, min(num_samples, CHUNK_ELEMENTS // (len(x_batch) * x_batch.shape[-1])))
+        elements = CHUNK_ELEMENTS.get(x_batch.device.type, CHUNK_ELEMENTS["cuda"])
+        chunk = max(1, min(num_samples, elements // (len(x_batch) * x_batch.shape[-1])))
         total = torch.full((len(x_batch),), -math.inf, device=x_batch.device)
         for start in range(0, num_samples, chunk):
             z = q.sample((min(chunk, num_samples - start),))
