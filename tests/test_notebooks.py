@@ -1,7 +1,8 @@
 """The notebooks: every one runs top to bottom with the small settings
 PYRO_VAE_NOTEBOOK_SMALL=1 selects, under the inline backend, and every cell
 that plots shows its figure; the committed copies were executed (figures
-included) and print no absolute path of the machine that ran them."""
+included) and print no absolute path of the machine that ran them; and they
+use the package through its API, ``import pyro_vae as pv``, only."""
 
 import ast
 import re
@@ -11,6 +12,7 @@ import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 from nbclient import NotebookClient
 
+import pyro_vae
 from conftest import REPO, SHARED_DATA, make_mnist_dir
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -22,6 +24,7 @@ PLOT_MODULES = {"plt": None, "az": "plot_"}
 NOT_DRAWING = {"figure", "subplots", "close", "rcParams", "style", "get_cmap", "cm"}
 PLOT_FUNCTIONS = {"show_images"}
 
+API = set(pyro_vae.__all__) | {"__version__"}
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:tmp|work|root|home|usr|opt|var|private|Users|mnt)/")
 TEXT_MIMETYPES = re.compile(r"^(text/.*|application/(json|javascript|.*\+json))$")
 
@@ -53,6 +56,32 @@ def plotting_calls(source):
 
     visit(ast.parse(python))
     return calls
+
+
+def internal_uses(sources):
+    """What the cells ``sources`` (one notebook's, in order) take from inside the package rather
+    than from its API: an import of a submodule (``from pyro_vae.program import ...``), a name
+    imported from ``pyro_vae`` that is not in ``pyro_vae.__all__``, or such an attribute of the
+    package under any name it was imported as (``pv.program``). A notebook that needs something
+    the API lacks is the place to find out: the answer is an export, not a reach inside."""
+    tree = ast.parse("\n".join(TransformerManager().transform_cell(source) for source in sources))
+    aliases, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for name in node.names:
+                if name.name == "pyro_vae":
+                    aliases.add(name.asname or "pyro_vae")
+                elif name.name.startswith("pyro_vae."):
+                    found.append(name.name)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pyro_vae."):
+            found.append(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.module == "pyro_vae":
+            found += [f"pyro_vae.{name.name}" for name in node.names if name.name not in API]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            if node.attr not in API:
+                found.append(f"{node.value.id}.{node.attr}")
+    return found
 
 
 def plotting_cells(notebook):
@@ -88,6 +117,24 @@ def test_plotting_rule():
     assert plotting_calls("df.plot(kind='bar')") == [".plot"]
     assert plotting_calls("def show_images(rows):\n    plt.imshow(rows)\n    plt.show()") == []
     assert plotting_calls("import matplotlib.pyplot as plt\nx = torch.randn(3)") == []
+
+
+def test_api_rule():
+    assert internal_uses(["import pyro_vae as pv", "run = pv.fit(pv.FitConfig())\npv.evaluate(run)"]) == []
+    assert internal_uses(["from pyro_vae.program.density import observation"]) == ["pyro_vae.program.density"]
+    assert internal_uses(["import pyro_vae.runs.config"]) == ["pyro_vae.runs.config"]
+    assert internal_uses(["import pyro_vae as pv", "pv.program.estimators.evaluate(m, q, x)"]) == ["pv.program"]
+    assert internal_uses(["from pyro_vae import fit, observation"]) == ["pyro_vae.observation"]
+    assert internal_uses(["%matplotlib inline\nimport pyro_vae\npyro_vae.models.BernoulliMLP"]) == ["pyro_vae.models"]
+    # a command line naming a module is a string, not a reach inside
+    assert internal_uses(["cmd = [sys.executable, '-m', 'pyro_vae.fit', '--import', 'my_models']"]) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_uses_the_api_only(path):
+    notebook = nbformat.read(path, as_version=4)
+    sources = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+    assert internal_uses(sources) == [], "import these from pyro_vae (exported in pyro_vae/__init__.py) instead"
 
 
 @pytest.fixture
