@@ -33,8 +33,9 @@ FORMS = {"aten": F.softplus, "fused": _Softplus.apply}
 def candidates(form, x, xg):
     """The five modes of one form, each a (function, argument) pair."""
 
-    def eager_grad(v):
-        return torch.autograd.grad(form(v).sum(), v)
+    def eager_grad(v):  # the value too: without it Inductor would drop the forward
+        value = form(v)
+        return value, torch.autograd.grad(value.sum(), v)[0]
 
     def eager(v):
         with torch.no_grad():
