@@ -13,6 +13,9 @@ The Python API, ``import pyro_vae as pv``:
 - ``pv.evaluate(run, pv.EvaluateSettings(...))`` scores a run (an ``Evaluation``, ``eval.json``);
 - ``pv.compare(run, pv.CompareSettings(...))`` compares inference methods on its model (a
   ``Comparison``, ``report.md`` and ``report.json``);
+- ``pv.calibrate(run, method, pv.CalibrationSettings(...))``: simulation-based calibration of one
+  inference method's posterior on the model's own simulations (a ``CalibrationResult``; also
+  ``calibrate=`` of ``EvaluateSettings`` and ``CompareSettings``, docs/calibration.md);
 - a model, guide or dataset of one's own: ``pv.LatentVariableModel``, ``pv.data_plate``,
   ``pv.mlp``, ``pv.RawDataset``, ``pv.load_digits``, ``pv.load_dataset`` and the decorators
   ``pv.register_model``, ``pv.register_guide``, ``pv.register_dataset`` (see docs/extending.md).
@@ -33,15 +36,17 @@ from pyro_vae.plumbing.registry import register_guide, register_model
 from pyro_vae.runs import fit, resume
 from pyro_vae.runs.config import EvaluationSettings, FitConfig, MCMCSettings
 from pyro_vae.runs.rundir import FitResult, load_run
+from pyro_vae.studies.calibration import CalibrationSettings, calibrate
 from pyro_vae.studies.comparison import CompareSettings, Comparison, compare
 from pyro_vae.studies.evaluation import EvaluateSettings, Evaluation, evaluate
+from pyro_vae.studies.rank_statistics import CalibrationResult
 
 __version__ = "0.1.0"
 
 __all__ = ["fit", "resume", "load_run", "evaluate", "compare", "FitConfig", "MCMCSettings", "EvaluationSettings",
            "EvaluateSettings", "CompareSettings", "FitResult", "Evaluation", "Comparison", "register_model",
            "register_guide", "register_dataset", "LatentVariableModel", "data_plate", "mlp", "RawDataset",
-           "load_dataset", "load_digits", "UsageError"]
+           "load_dataset", "load_digits", "UsageError", "calibrate", "CalibrationSettings", "CalibrationResult"]
 
 
 class _Package(types.ModuleType):

@@ -21,6 +21,7 @@ from pyro_vae.data import DATASETS, DataError
 from pyro_vae.plumbing.checkpoint import CheckpointError
 from pyro_vae.plumbing.cli import (ArgumentParser, exit_with, int_list, names_in, positive_float, positive_int,
                                    report_out_of_memory)
+from pyro_vae.studies.calibration import SBC_FLAGS, add_calibration_arguments, settings_from_args
 from pyro_vae.runs.config import add_mixture_arguments
 from pyro_vae.nn.flows import FLOWS
 from pyro_vae.studies.scratch import OBJECTIVES
@@ -82,6 +83,7 @@ def parser():
                    help="import MODULE first, so that models or guides it registers can be named (repeatable; a "
                         "run's own --import modules are imported again without it)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_calibration_arguments(p)
     return p
 
 
@@ -100,7 +102,8 @@ def objective_list(text):
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    settings = CompareSettings(**{k: v for k, v in vars(args).items() if k not in ("run", "out", "progress")})
+    settings = CompareSettings(**{k: v for k, v in vars(args).items() if k not in ("run", "out", "progress", *SBC_FLAGS)},
+                               calibrate=args.calibrate or (), calibration=settings_from_args(args))
     try:
         with report_out_of_memory("compare"):
             compare(args.run, settings, args.out, args.progress)

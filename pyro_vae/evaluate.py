@@ -15,6 +15,7 @@ from pyro_vae import EvaluateSettings, UsageError, evaluate
 from pyro_vae.data import DataError
 from pyro_vae.plumbing.checkpoint import CheckpointError
 from pyro_vae.plumbing.cli import ArgumentParser, exit_with, positive_int, report_out_of_memory
+from pyro_vae.studies.calibration import SBC_FLAGS, add_calibration_arguments, settings_from_args
 
 DEFAULTS = EvaluateSettings()
 
@@ -46,13 +47,15 @@ def parser():
                    help="import MODULE first, so that models or guides it registers can be named (repeatable; a "
                         "run's own --import modules are imported again without it)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_calibration_arguments(p)
     return p
 
 
 def main(argv=None):
     args = parser().parse_args(argv)
     flags = vars(args)
-    settings = EvaluateSettings(**{k: v for k, v in flags.items() if k not in ("run_dir", "progress")})
+    settings = EvaluateSettings(**{k: v for k, v in flags.items() if k not in ("run_dir", "progress", *SBC_FLAGS)},
+                                calibrate=args.calibrate or (), calibration=settings_from_args(args))
     try:
         with report_out_of_memory("evaluate"):
             evaluation = evaluate(args.run_dir, settings, progress=args.progress)

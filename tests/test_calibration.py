@@ -124,8 +124,7 @@ def test_nuts_is_calibrated(model):
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    from pyro_vae.fit import FitConfig, fit
-    from pyro_vae.runs.config import EvaluationSettings
+    from pyro_vae import EvaluationSettings, FitConfig, fit
 
     config = FitConfig(dataset="digits", latent_dim=2, hidden_dims=(64,), epochs=5,
                        out=str(tmp_path_factory.mktemp("sbc") / "run"), evaluation=EvaluationSettings(10, 20))
@@ -185,3 +184,38 @@ def test_flags_become_settings():
     with pytest.raises(SystemExit) as exit_:
         parser.parse_args(["--sbc-draws", "0"])
     assert exit_.value.code == 2
+
+
+def test_evaluate_and_compare_calibrate_through_the_command_and_the_api(digits_run, tmp_path, capsys):
+    """--calibrate of both commands: the command's JSON holds the same numbers as the API's result and as
+    calibrate() itself; a bad method or too few draws is one line and exit 2 before any work."""
+    import pyro_vae as pv
+    from pyro_vae.compare import main as compare_main
+    from pyro_vae.evaluate import main as evaluate_main
+
+    settings = CalibrationSettings(simulations=100, draws=39)
+    direct = calibrate(digits_run, "amortized", settings)
+    evaluation = pv.evaluate(digits_run, pv.EvaluateSettings(iwae_samples=5, max_examples=5, calibrate="amortized",
+                                                             calibration=settings), out=tmp_path / "api")
+    assert evaluation["calibration"][0]["p_value"] == direct.p_value
+    evaluate_main([str(digits_run.out), "--iwae-samples", "5", "--max-examples", "5", "--calibrate", "amortized",
+                   "--sbc-simulations", "100", "--sbc-draws", "39", "--no-progress"])
+    printed = capsys.readouterr().out
+    saved = json.loads((digits_run.out / "eval.json").read_text())["calibration"][0]
+    assert saved["p_value"] == direct.p_value and "| amortized |" in printed
+    assert (digits_run.out / "calibration.png").exists()
+
+    compare_main(["--run", str(digits_run.out), "--subset", "3", "--chains", "2", "--warmup", "20", "--samples", "20",
+                  "--iwae-samples", "5", "--elbo-samples", "5", "--refine-steps", "1", "--no-progress", "--out",
+                  str(tmp_path / "cmp"), "--calibrate", "amortized", "--sbc-simulations", "100", "--sbc-draws", "39"])
+    report = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    assert report["calibration"][0]["p_value"] == direct.p_value
+    assert "Simulation-based calibration" in (tmp_path / "cmp" / "report.md").read_text()
+
+    for flags, message in ((["--calibrate", "laplace"], "unknown method laplace"), (["--calibrate", "amortized",
+                                                                                      "--sbc-draws", "10"], "too few")):
+        with pytest.raises(SystemExit) as stop:
+            compare_main(["--run", str(digits_run.out), "--out", str(tmp_path / "bad"), *flags])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and message in err[0], err
+        assert not (tmp_path / "bad").exists()

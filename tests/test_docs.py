@@ -64,7 +64,7 @@ README_MAX_LINES = 250
 PAGE_COMMAND = {
     "README.md": "fit", "fit.md": "fit", "inference.md": "fit", "nuts.md": "fit", "extending.md": "fit",
     "evaluation.md": "evaluate", "compare.md": "compare", "benchmarks.md": None, "literature.md": None,
-    "mixture.md": "fit", "discrete.md": "fit",
+    "mixture.md": "fit", "discrete.md": "fit", "calibration.md": "compare",
 }
 SETUP_COMMAND = ("python3 -m venv .venv && . .venv/bin/activate && pip install -e . "
                  "&& python -m pyro_vae.fit --guide amortized")

@@ -262,10 +262,26 @@ def calibration_methods(text):
     return names
 
 
+SBC_FLAGS = ("calibrate", "sbc_simulations", "sbc_draws", "sbc_nuts_warmup", "sbc_nuts_samples")
+
+
 def settings_from_args(args):
+    """The :class:`CalibrationSettings` of a command's parsed flags (its ``--seed`` and ``--refine-steps`` too)."""
     return CalibrationSettings(simulations=args.sbc_simulations, draws=args.sbc_draws, seed=getattr(args, "seed", 0),
                                refine_steps=getattr(args, "refine_steps", CalibrationSettings.refine_steps),
                                nuts_warmup=args.sbc_nuts_warmup, nuts_samples=args.sbc_nuts_samples)
+
+
+def requested(methods):
+    """``--calibrate``'s methods as a tuple: a comma-separated string (the command line) or names."""
+    return calibration_methods(methods) if isinstance(methods, str) else tuple(methods or ())
+
+
+def calibration_section(run_or_model, methods, settings, out):
+    """``--calibrate`` of ``evaluate`` and ``compare``: :func:`calibrate_methods` on ``methods`` with the
+    files written into ``out`` (None: none); returns (what the command's JSON keeps, the table it prints)."""
+    results = calibrate_methods(run_or_model, methods, settings, out=out, log=lambda *_: None)
+    return [result.as_dict() for result in results], format_calibration(results)
 
 
 def calibrate_methods(run_or_model, methods, settings=None, out=None, log=print):

@@ -19,6 +19,7 @@ compares held-out log p(x) against wall time (``pyro_vae.studies.scratch``).
 
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from pyro_vae.runs.assembly import resolve_device
 from pyro_vae.runs.config import EvaluationSettings, FitConfig, MCMCSettings
 from pyro_vae.runs.fit_svi import fit_svi
 from pyro_vae.runs.rundir import load_run, prepare_out
+from pyro_vae.studies.calibration import CalibrationSettings, calibration_section, requested
 from pyro_vae.studies.discrete_comparison import compare_discrete, format_discrete_report, is_discrete_run
 from pyro_vae.studies.family_gaps import compare_families, parse_families
 from pyro_vae.studies.posterior_comparison import (METHODS, compare_posteriors, format_report, gaussian_summary,
@@ -79,6 +81,8 @@ class CompareSettings:
     m_steps: int = ScratchSettings.m_steps
     mcem_warmup: int = ScratchSettings.mcem_warmup
     mcem_samples: int = ScratchSettings.mcem_samples
+    calibrate: tuple | str = ()  # SBC of these methods beside the gaps (studies.calibration.METHODS)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
 
 
 @dataclass
@@ -214,6 +218,11 @@ def posteriors_compared(model, guide, data, named, settings, out, progress, log)
     results.update(dataset=data.name, run=named, latent_dim=layout_of(model, x).dim, notes=[])
     idata, gaussians = save_outputs(out, results, posteriors, draws, nuts_idata, model, x, data.image_shape, fixed)
     report = format_report(results, data.name, named)
+    methods = requested(settings.calibrate)
+    if methods:  # SBC beside the gaps, on the model's own simulations (studies.calibration)
+        results["calibration"], table = calibration_section(SimpleNamespace(model=model, guide=guide, data=data),
+                                                            methods, settings.calibration, out)
+        report += "\n\n" + table
     written(out, results, report, log)
     log(f"wrote {out}")
     return Comparison(results, report, out, posteriors, idata, gaussians)
@@ -225,6 +234,10 @@ def compare(run=None, settings=None, out=None, progress=True, log=print):
     write the report into the new folder ``out`` (default ``runs/compare-<dataset>-<timestamp>``).
     Returns a :class:`Comparison`."""
     settings = settings or CompareSettings()
+    if requested(settings.calibrate):
+        if settings.families is not None or settings.fit_from_scratch:
+            raise UsageError("--calibrate goes with the four-method comparison, not --families or --fit-from-scratch")
+        settings.calibration.validate()
     import_user_modules(settings.imports)
     out = prepare_out(out or f"runs/compare-{settings.dataset or 'digits'}-{time.strftime('%Y%m%d-%H%M%S')}")
     if settings.fit_from_scratch:

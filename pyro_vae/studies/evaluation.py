@@ -36,6 +36,7 @@ from pyro_vae.program.estimators import evaluate as estimate
 from pyro_vae.program.posteriors import guide_posterior
 from pyro_vae.runs.assembly import resolve_device
 from pyro_vae.runs.rundir import load_run
+from pyro_vae.studies.calibration import CalibrationSettings, calibration_section, requested
 
 SPLITS = ("test", "train")
 ESTIMATORS = ("iwae", "ais")
@@ -60,6 +61,8 @@ class EvaluateSettings:
     seed: int = 0
     device: str = "auto"
     imports: list = field(default_factory=list)
+    calibrate: tuple | str = ()  # SBC of these methods (studies.calibration.METHODS: "amortized", ...)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
 
     def validate(self):
         for name, value, choices in [("split", self.split, SPLITS), ("estimator", self.estimator, ESTIMATORS),
@@ -107,6 +110,8 @@ def format_table(results):
         lines.append(f"{'BDMC on simulated data':34}lower {b['lower']:.3f}, upper {b['upper']:.3f}, width "
                      f"{b['width']:.3f} ({b['points']} points)")
     lines.append(f"({results['num_examples']} examples, K = {results['iwae_samples']} importance samples)")
+    if "calibration_table" in results:
+        lines += ["", results["calibration_table"]]
     return "\n".join(lines)
 
 
@@ -162,6 +167,9 @@ def evaluate(run, settings=None, out=None, progress=True):
     the run's directory). Returns an :class:`Evaluation` holding the same figures."""
     settings = settings or EvaluateSettings()
     settings.validate()
+    methods = requested(settings.calibrate)
+    if methods:
+        settings.calibration.validate()
     named = str(run) if isinstance(run, (str, Path)) else None  # as given, as the command writes it
     run, folder = run_and_folder(run, settings, out)
     pyro.set_rng_seed(settings.seed)
@@ -180,6 +188,9 @@ def evaluate(run, settings=None, out=None, progress=True):
         results["ais"] = ais_summary(result, settings.ais_start)
     if settings.bdmc:
         results["bdmc"] = bdmc_summary(run, settings, fixed, progress)
+    if methods:
+        results["calibration"], results["calibration_table"] = calibration_section(run, methods,
+                                                                                   settings.calibration, folder)
     path = None if folder is None else folder / "eval.json"
     if path is not None:
         write_json(path, results)
