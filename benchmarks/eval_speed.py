@@ -70,7 +70,7 @@ def main():
     device = torch.device(args.device)
     print(machine_header(), flush=True)
     if args.run:
-        from pyro_vae.fit import load_run
+        from pyro_vae import load_run
 
         model, guide, data, _, _ = load_run(args.run, device)
     else:

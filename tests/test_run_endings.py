@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_vae.fit import fit
+from pyro_vae import fit
 from pyro_vae.models import LatentVariableModel
 from pyro_vae.nn import data_plate, mlp
 from pyro_vae.plumbing.registry import register_guide, register_model
