@@ -72,7 +72,7 @@ def refine(model, x, loc, log_scale, steps, lr, num_particles=1, fixed=None):
 
 
 def fit_local(model, x, params, make_q, *, num_particles=8, lr=0.05, max_steps=3000, window=50, tol=1e-3,
-              groups=None, fixed=None):
+              patience=1, groups=None, fixed=None):
     """Fit q = ``make_q(params)``, a q over the flat unconstrained latents u with batch (len(x),),
     to each row x_i of ``x`` with the model fixed; ``params`` are leaf tensors, updated in place.
 
@@ -80,32 +80,36 @@ def fit_local(model, x, params, make_q, *, num_particles=8, lr=0.05, max_steps=3
     parameter groups over ``params``, for rates of their own), the expectation estimated with
     ``num_particles`` reparameterised draws per point and step, all points in one batch (the
     objective is a sum of independent terms and Adam is elementwise, so this is per-point
-    optimisation). Stopping rule: every ``window`` steps, the mean ELBO per point over the last
-    window is compared with the window before; stop when it improved by less than ``tol`` nats, or
-    after ``max_steps``. The answer, written into ``params``, is their average over the last window
-    (Polyak averaging): with a constant step size the last iterate jitters around the optimum by
-    about ``lr``, the average much less. Returns the number of Adam steps taken.
+    optimisation). Stopping rule: every ``window`` steps, the mean ELBO per point over the window
+    is compared with the best window so far; ``patience`` windows in a row that do not beat it by
+    ``tol`` nats stop the fit, as does ``max_steps``. With ``patience=1`` that is: stop at the first
+    window that gains less than ``tol`` on the one before. The answer, written into ``params``, is
+    their average over the windows since the last gain (Polyak averaging): with a constant step size
+    the last iterate jitters around the optimum by about ``lr``, the average much less. Returns the
+    number of Adam steps taken.
     """
     optimizer = torch.optim.Adam(groups or params, lr=lr)
-    history, previous, steps = [], None, 0
+    history, best, strikes, steps, averaged = [], -float("inf"), 0, 0, 0
     sums = [torch.zeros_like(p) for p in params]
     with fixed_model(model):
-        while steps < max_steps:
+        while steps < max_steps and strikes < patience:
             elbo = ascend(model, x, params, make_q, optimizer, num_particles, fixed)
             steps += 1
             history.append(elbo.mean().item())
+            averaged += 1
             for total, p in zip(sums, params):
                 total += p.detach()
             if len(history) == window:
-                current = sum(history) / window
-                if previous is not None and current - previous < tol:
-                    break
-                previous, history = current, []
-                sums = [torch.zeros_like(p) for p in params]
-    if history:  # else it stopped right after a window was reset: the current iterate
+                current, history = sum(history) / window, []
+                if current - best < tol:
+                    strikes += 1
+                else:  # a gain: the average restarts from here
+                    best, strikes, averaged = current, 0, 0
+                    sums = [torch.zeros_like(p) for p in params]
+    if averaged:  # else it stopped right after a gain: the current iterate
         with torch.no_grad():
             for total, p in zip(sums, params):
-                p.copy_(total / len(history))
+                p.copy_(total / averaged)
     return steps
 
 
