@@ -1,9 +1,13 @@
 """A run: settings in, a run directory out.
 
 - ``config``: every setting of a run (``FitConfig`` and its groups);
-- ``assembly``: the device, the data, the model and the guide a run's settings name;
-- ``rundir``: what a run directory holds, and ``load_run``;
-- ``figures``: the figures a run and a comparison draw;
+- ``assembly``: the device, the data, the model and the guide a run's settings name, and the checks
+  that refuse a pair before any training;
+- ``rundir``: what a run directory holds, ``finish_run`` (the one ending of every driver: metrics,
+  checkpoint, summary, then figures) and ``load_run``;
+- ``run_figures``: what a fitted run's figures show, computed before the summary, drawn after it (a
+  figure that does not fit the model is skipped with a note);
+- ``figures``: drawing the figures a run and a comparison make;
 - ``fit_svi``, ``fit_nuts``, ``fit_em``: one driver per inference;
 - here: :func:`fit` picks the driver, :func:`resume` continues a stopped SVI run.
 """
