@@ -105,6 +105,8 @@ def _target_terms(model, x_rows, fixed, proposal, shape, layout):
         if layout.is_identity():
             return proposal.log_prob(u).reshape(-1)
         values, log_det = layout.unflatten(u)
+        if isinstance(proposal, torch.distributions.Distribution):  # posterior(x): q of the one continuous site
+            values = values[layout.continuous[0].name]
         return (proposal.log_prob(values) + log_det).reshape(-1)
 
     def terms(z):
@@ -300,17 +302,15 @@ class AISOptions:
 
 
 def ais_log_likelihood(model, x, options=AISOptions(), *, fixed=None, seed=0, progress=False):
-    """AIS estimate of log p(x) for each row of ``x`` (see the module docstring), a stochastic lower
-    bound, annealed as ``options`` (:class:`AISOptions`) say; ``fixed``: the model's global values.
-    Returns an :class:`AISResult`."""
+    """AIS estimate of log p(x) for each row of ``x`` (module docstring), a stochastic lower bound, annealed
+    as ``options`` (:class:`AISOptions`) say; ``fixed``: the model's global values. Returns an AISResult."""
     betas = annealing_schedule(options.steps, options.schedule).tolist()
     return _result(*_run(model, x, betas, options, fixed, seed, progress), options.steps)
 
 
 def simulate(model, num_points, *, fixed=None, seed=0):
-    """(x, u) ~ p(z) p(x | z), ``num_points`` rows, from the model's program: z from its latent sites (u
-    their flat unconstrained values), x from ``density.observation``. ValueError if the model's
-    p(x | z) cannot be sampled."""
+    """(x, u) ~ p(z) p(x | z), ``num_points`` rows, from the model's program: z from its latent sites (u their
+    flat unconstrained values), x from ``density.observation``; ValueError if p(x | z) cannot be sampled."""
     device = next(model.parameters(), torch.empty(0)).device
     x_dummy = torch.zeros(num_points, model.data_dim, device=device)
     with frozen(model), torch.no_grad(), seeded_global_rng(seed, device):

@@ -38,8 +38,8 @@ def _per_point(trace):
 
 def flat_mean(values):
     """The per-point means of several sites laid end to end, (N, total size): for plots and active units."""
-    if torch.is_tensor(values):
-        return values
+    if torch.is_tensor(values):  # one site's means: (N,) for a scalar site, (N, 2, L) for a matrix one
+        return values.reshape(values.shape[0], -1)
     return torch.cat([value.reshape(value.shape[0], -1).to(torch.get_default_dtype()) for value in values.values()],
                      -1)
 
@@ -128,8 +128,10 @@ def as_posterior(q_flat, layout):
 
 
 def guide_posterior(guide, x, **options):
-    """q(z | x) of ``guide`` for the rows ``x``: its ``posterior(x, **options)`` where it has one (the
-    built-in guides), else its whole program (:class:`ProgramPosterior`, global values ``fixed``)."""
-    if hasattr(guide, "posterior"):
+    """q(z | x) of ``guide`` for the rows ``x``: its ``posterior(x, **options)`` where it has one that
+    covers the model's latents (the built-in guides), else its whole program (:class:`ProgramPosterior`,
+    global values ``fixed``): a guide without one, or one whose one-site ``posterior`` covers part of a
+    model with several sites (``posterior_is_partial``, set when the run is built)."""
+    if hasattr(guide, "posterior") and not getattr(guide, "posterior_is_partial", False):
         return guide.posterior(x, **options)
     return ProgramPosterior(guide, x, options.get("fixed"))

@@ -5,11 +5,12 @@ import inspect
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.nn import hidden_activation
 from pyro_vae.plumbing.cli import UsageError, doing, import_user_modules
 from pyro_vae.data import load_dataset
-from pyro_vae.program.density import latent_layout, observation, prior_draws
+from pyro_vae.program.density import DATA_PLATE, latent_layout, observation, plug_in_values, prior_draws
 from pyro_vae.guides.decoder_posterior import DecoderPosterior, WithDecoderPosterior
 from pyro_vae.objectives import guide_problem, model_problem
 from pyro_vae.plumbing.registry import get_guide, get_model, model_names
@@ -112,21 +113,70 @@ def build(config, data):
         raise UsageError(model_problem(config.elbo, model))
     with doing(f"building guide {guide_cls.name} for {data.num_train} training points"), \
             hidden_activation(config.activation):
-        guide = guide_cls(model, data.num_train, config.hidden_dims, **guide_options(guide_cls, config)).to(data.device)
+        try:
+            guide = guide_cls(model, data.num_train, config.hidden_dims, **guide_options(guide_cls, config))
+        except ValueError as error:  # a guide written for another model (two_layer's, categorical_mlp's)
+            raise UsageError(f"guide {guide_cls.name} cannot be built for model {model.name}: {error}") from None
+        guide = guide.to(data.device)
         if hasattr(guide, "local_steps"):
             guide.local_lr = config.local_lr
             guide.local_steps = config.local_steps or guide.local_steps
         if config.bayesian_decoder:
             guide = WithDecoderPosterior(guide, DecoderPosterior(model).to(data.device))
-    check_guide_samples_every_latent(model, guide, data)
+    layout = check_guide_samples_every_latent(model, guide, data)
+    check_latents_are_per_point(model, guide, data)
+    guide.posterior_is_partial = posterior_is_partial(model, guide, layout, data.test_x[:2])
     return model, guide
+
+
+@torch.no_grad()
+def posterior_is_partial(model, guide, layout, x):
+    """Whether ``guide.posterior(x)`` covers only part of a model with several latent sites: it returns
+    one torch distribution, which is over one site. Every estimator then scores the guide's whole
+    program instead, as it does a guide without ``posterior`` (``posteriors.guide_posterior``), so the
+    shortcut is never a trap. Asked of multi-site models only, in eval mode, the RNG left as it was."""
+    sampled = len(layout.continuous) + (len(layout.discrete) if getattr(model, "sampled_discrete", False) else 0)
+    if not hasattr(guide, "posterior") or sampled < 2:
+        return False
+    was_training = guide.training
+    guide.eval()
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        with pyro.validation_enabled(False), torch.random.fork_rng(devices=devices):
+            q = guide.posterior(x, fixed=plug_in_values(model, guide))
+    finally:
+        guide.train(was_training)
+    return isinstance(q, torch.distributions.Distribution)
+
+
+@torch.no_grad()
+def check_latents_are_per_point(model, guide, data):
+    """Every latent of the model is per point (in the data plate) or a global value the evaluations fix
+    (a Bayesian decoder's weights, ``density.plug_in_values``): a global latent outside the plate would
+    otherwise be drawn from its prior at every step by Trace_ELBO, silently, and fixed by no method.
+    A one-line UsageError naming it, before any training. The model runs once on two rows, the RNG left
+    as it was."""
+    x = data.test_x[:2]
+    devices = [x.device] if x.device.type == "cuda" else []
+    with pyro.validation_enabled(False), torch.random.fork_rng(devices=devices):
+        trace = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(
+            x, torch.arange(len(x), device=x.device), data.num_train)
+    fixed = plug_in_values(model, guide)
+    outside = [name for name, site in trace.nodes.items() if site["type"] == "sample" and not site["is_observed"]
+               and not site_is_subsample(site) and name not in fixed
+               and not any(f.name == DATA_PLATE for f in site["cond_indep_stack"])]
+    if outside:
+        raise UsageError(f"model {model.name} has the latent site(s) {', '.join(outside)} outside the data plate "
+                         f"\"{DATA_PLATE}\": every method here infers per-point latents, so a global latent needs "
+                         f"to be a parameter (pyro.param) or the decoder's weights under --bayesian-decoder")
 
 
 @torch.no_grad()
 def check_guide_samples_every_latent(model, guide, data):
     """Every continuous latent site of the model is sampled by the guide (Trace_ELBO would otherwise
     draw it from the prior, silently, and no estimator could score it): a one-line UsageError naming
-    the sites otherwise. The guide runs once, in eval mode, on two test rows, the RNG left as it was."""
+    the sites otherwise. The guide runs once, in eval mode, on two test rows, the RNG left as it was.
+    Returns the model's latent layout (``density.latent_layout``)."""
     x = data.test_x[:2]
     idx = torch.arange(len(x), device=x.device)
     layout = latent_layout(model, x)
@@ -152,6 +202,7 @@ def check_guide_samples_every_latent(model, guide, data):
         raise UsageError(f"guide {guide.name} samples no value for the model's latent site(s) "
                          f"{', '.join(sorted(missing))} of model {model.name}: it must sample every latent site "
                          f"({', '.join(sorted(wanted))})")
+    return layout
 
 
 @torch.no_grad()

@@ -111,18 +111,24 @@ def model_config(settings, **more):
                      categories=settings.categories, seed=settings.seed, device="cpu", **more)
 
 
-def decoder_and_encoder(run, settings, out, progress, log):
-    """The run whose decoder is held fixed, and how the report names it: ``run`` (a directory or a run
-    in memory), or one trained now."""
-    if run is not None:
-        named = str(run) if isinstance(run, (str, Path)) else str(getattr(run, "out", None) or run.config.out)
-        if isinstance(run, (str, Path)):
-            run = load_run(run, resolve_device("cpu"))
-        if settings.dataset and settings.dataset != run.config.dataset:
-            raise UsageError(f"--run {named} was trained on {run.config.dataset}, not --dataset {settings.dataset}")
-        if not getattr(run.guide, "amortized", False):
-            raise UsageError(f"--run {named} used --guide {run.config.guide}; the comparison needs an amortized run")
-        return run.model, run.guide, run.data, named
+def loaded_run(run, settings):
+    """The run whose decoder and encoder are held fixed (a directory or a run in memory) and how the
+    report names it; checked before anything is written: an amortized guide, a latent to compare."""
+    named = str(run) if isinstance(run, (str, Path)) else str(getattr(run, "out", None) or run.config.out)
+    if isinstance(run, (str, Path)):
+        run = load_run(run, resolve_device("cpu"))
+    if settings.dataset and settings.dataset != run.config.dataset:
+        raise UsageError(f"--run {named} was trained on {run.config.dataset}, not --dataset {settings.dataset}")
+    if not getattr(run.guide, "amortized", False):
+        raise UsageError(f"--run {named} used --guide {run.config.guide}; the comparison needs an amortized run")
+    if not is_discrete_run(run.model) and layout_of(run.model, run.data.test_x[:2]).dim == 0:
+        raise UsageError(f"model {run.model.name} has no continuous latent for NUTS, mean-field or refinement to "
+                         f"infer; its discrete latents are summed exactly (python -m pyro_vae.evaluate {named})")
+    return run.model, run.guide, run.data, named
+
+
+def trained_run(settings, out, progress, log):
+    """An amortized run of ``settings``' model trained now, into ``out``/amortized-run."""
     config = model_config(settings, latent_dim=settings.latent_dim or 2, epochs=settings.epochs,
                           out=str(out / "amortized-run"), evaluation=EvaluationSettings(iwae_samples=100))
     config.validate()
@@ -238,15 +244,16 @@ def compare(run=None, settings=None, out=None, progress=True, log=print):
         if settings.families is not None or settings.fit_from_scratch:
             raise UsageError("--calibrate goes with the four-method comparison, not --families or --fit-from-scratch")
         settings.calibration.validate()
+    if settings.families is not None and run is not None:
+        raise UsageError("--families trains a model per family; it takes no --run")
     import_user_modules(settings.imports)
+    names = None if settings.families is None else parse_families(
+        ",".join(settings.families) if isinstance(settings.families, tuple) else settings.families)
+    given = None if run is None or settings.fit_from_scratch else loaded_run(run, settings)  # before any file
     out = prepare_out(out or f"runs/compare-{settings.dataset or 'digits'}-{time.strftime('%Y%m%d-%H%M%S')}")
     if settings.fit_from_scratch:
         return from_scratch(settings, out, log)
-    if settings.families is not None:
-        names = parse_families(",".join(settings.families) if isinstance(settings.families, tuple)
-                               else settings.families)
-        if run is not None:
-            raise UsageError("--families trains a model per family; it takes no --run")
+    if names is not None:
         return families(settings, names, out, progress, log)
-    model, guide, data, named = decoder_and_encoder(run, settings, out, progress, log)
+    model, guide, data, named = given or trained_run(settings, out, progress, log)
     return posteriors_compared(model, guide, data, named, settings, out, progress, log)

@@ -67,8 +67,9 @@ def posterior_idata(q, x, draws=1000):
     values = q.sample((draws,))
     if isinstance(values, dict):
         dims = {name: ["point", *[f"{name}_dim_{i}" for i in range(value.dim() - 2)]] for name, value in values.items()}
-    else:  # the one site of the built-in models, named as NUTS's InferenceData names it
-        values, dims = {"z": values}, {"z": ["point", "latent"]}
+    else:  # one site, (draws, N, *event): a vector named as NUTS's InferenceData names the built-in models' z
+        event = ["latent"] if values.dim() == 3 else [f"z_dim_{i}" for i in range(values.dim() - 2)]
+        values, dims = {"z": values}, {"z": ["point", *event]}
     return az.from_dict(posterior={name: value.unsqueeze(0).cpu().numpy() for name, value in values.items()},
                         observed_data={"x": x.cpu().numpy()}, dims={**dims, "x": ["point", "feature"]})
 
