@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-SKIPPED_KEYS = ("seconds", "time", "wall", "version", "run_dir", "out", "path", "command", "date", "device",
-                "decoder_from", "per_second", "_s", "started")
+# keys whose values are times, places or versions (a substring of the key); every other number must match
+SKIPPED_KEYS = ("seconds", "time", "wall", "version", "run_dir", "path", "command", "date", "device",
+                "decoder_from", "per_second", "started")
 
 
 def commands(work):

@@ -12,10 +12,10 @@
 - here: :func:`fit` picks the driver, :func:`resume` continues a stopped SVI run.
 """
 
+# the driver modules, by their module names: importing their functions here would shadow the modules
+# (``pyro_vae.runs.fit_svi`` would read as the function, and ``mock.patch`` of the module would miss)
+from pyro_vae.runs import fit_em, fit_nuts, fit_svi
 from pyro_vae.runs.config import FitConfig
-from pyro_vae.runs.fit_em import fit_em
-from pyro_vae.runs.fit_nuts import fit_nuts
-from pyro_vae.runs.fit_svi import fit_svi, resume_svi
 
 DEPRECATED_GUIDES = {"nuts": "nuts"}  # guide NAME that was an inference method -> inference NAME
 
@@ -40,13 +40,13 @@ def fit(config, progress=True, log=print, should_stop=None):
         config.inference, config.guide = DEPRECATED_GUIDES[config.guide], FitConfig.guide
     config.validate()
     if config.inference == "nuts":
-        return fit_nuts(config, progress, log)
+        return fit_nuts.fit_nuts(config, progress, log)
     if config.inference == "em":
-        return fit_em(config, progress, log)
-    return fit_svi(config, progress, log, should_stop)
+        return fit_em.fit_em(config, progress, log)
+    return fit_svi.fit_svi(config, progress, log, should_stop)
 
 
 def resume(run_dir, epochs=None, progress=True, log=print, should_stop=None):
     """Continue the SVI run in ``run_dir`` from its last checkpoint with its saved settings, on CPU
     to the same result as a run never stopped; ``epochs`` extends it (``fit_svi.resume_svi``)."""
-    return resume_svi(run_dir, epochs, progress, log, should_stop)
+    return fit_svi.resume_svi(run_dir, epochs, progress, log, should_stop)

@@ -89,9 +89,9 @@ def save_elbo_curves(path, metrics):
     _save_figure(path, fig)
 
 
-def save_ellipses(path, gaussians, draws, count):
+def save_ellipses(path, gaussians, draws, count, names=("z[0]", "z[1]")):
     """NUTS draws of the first ``count`` points with the 2-sigma ellipses of
-    Gaussians ``{name: (means (N, 2), covariances (N, 2, 2))}``."""
+    Gaussians ``{name: (means (N, 2), covariances (N, 2, 2))}``; ``names``: the two coordinates'."""
     fig = Figure(figsize=(3.2 * count, 3.4))
     flat = draws.reshape(-1, *draws.shape[2:]).cpu().numpy()
     colors = ("tab:blue", "tab:orange", "tab:green", "tab:red")
@@ -103,7 +103,7 @@ def save_ellipses(path, gaussians, draws, count):
             angle = math.degrees(math.atan2(vectors[1, -1], vectors[0, -1]))
             ax.add_patch(Ellipse(means[i], 4 * math.sqrt(values[-1]), 4 * math.sqrt(values[0]), angle=angle,
                                  fill=False, color=color, lw=2, label=f"{name} 2σ"))
-        ax.set(title=f"point {i}", xlabel="z[0]", ylabel="z[1]" if i == 0 else "")
+        ax.set(title=f"point {i}", xlabel=names[0], ylabel=names[1] if i == 0 else "")
         if i == 0:
             ax.legend(fontsize=7, loc="best")
     _save_figure(path, fig)

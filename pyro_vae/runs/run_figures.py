@@ -27,7 +27,7 @@ import torch
 
 from pyro_vae.program.density import layout_of, observation, plug_in_values, prior_draws
 from pyro_vae.program.posteriors import flat_mean, guide_posterior
-from pyro_vae.runs import figures
+import pyro_vae.runs.figures as figures
 
 LATENT_POINTS = 2000  # the test points of latent.png
 RECONSTRUCTED = 32  # the test images of reconstructions.png

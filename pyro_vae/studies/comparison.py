@@ -33,7 +33,7 @@ from pyro_vae.runs.assembly import resolve_device
 from pyro_vae.runs.config import EvaluationSettings, FitConfig, MCMCSettings
 from pyro_vae.runs.fit_svi import fit_svi
 from pyro_vae.runs.rundir import load_run, prepare_out
-from pyro_vae.studies.calibration import CalibrationSettings, calibration_section, requested
+from pyro_vae.studies.calibration import CalibrationSettings, calibration_section, coordinate_names, requested
 from pyro_vae.studies.discrete_comparison import compare_discrete, format_discrete_report, is_discrete_run
 from pyro_vae.studies.family_gaps import compare_families, parse_families
 from pyro_vae.studies.posterior_comparison import (METHODS, compare_posteriors, format_report, gaussian_summary,
@@ -153,7 +153,9 @@ def save_outputs(out, results, posteriors, draws, nuts_idata, model, x, image_sh
     if layout.dim == 2:
         gaussians = {name: (summaries[name].mean.cpu().numpy(), summaries[name].covariance_matrix.cpu().numpy())
                      for name in ("amortized", "semi_amortized", "meanfield")}
-        figures.save_ellipses(out / "ellipses.png", gaussians, draws, min(ELLIPSE_POINTS, len(x)))
+        # the Gaussians live in the flat unconstrained u; named after the model's sites where u is not z
+        names = ("z[0]", "z[1]") if layout.is_identity() else tuple(f"u: {n}" for n in coordinate_names(layout))
+        figures.save_ellipses(out / "ellipses.png", gaussians, draws, min(ELLIPSE_POINTS, len(x)), names)
     else:
         results["notes"].append(f"ellipses.png skipped: it needs a 2-D latent, this one is {layout.dim}-D")
     if image_shape is not None:
@@ -164,6 +166,8 @@ def save_outputs(out, results, posteriors, draws, nuts_idata, model, x, image_sh
         figures.save_image_grid(out / "reconstructions.png", torch.cat(rows), image_shape, nrow=len(rows[0]))
         results["notes"].append("reconstructions.png rows: data, then the decoder mean at the posterior mean of "
                                 + ", ".join(METHODS))
+    else:
+        results["notes"].append(f"reconstructions.png skipped: the data ({x.shape[-1]} numbers a row) are not images")
     return idatas, summaries
 
 
