@@ -6,12 +6,12 @@ Sizes are the smallest that run (40 training points, one epoch, hidden width 8),
 says that the command finishes, not that its numbers are good.
 """
 
-import importlib
 import json
 import math
 
 import pytest
 
+from conftest import run_command as run
 from pyro_vae.objectives import ELBOS
 from pyro_vae.plumbing.registry import get_guide, get_model, guide_names, model_names
 
@@ -23,17 +23,6 @@ DATASET = {"linear_gaussian": "linear_gaussian", "gaussian_mlp": "linear_gaussia
 # the guide and objective each model is walked with when the other one varies
 NATURAL = {"gmm": ("enumerated", "enum"), "categorical_mlp": ("categorical_mlp", "relaxed"),
            "two_layer": ("two_layer", "trace")}
-
-
-def run(command, *argv, capsys):
-    """``python -m pyro_vae.<command> argv`` in this process: (exit status, the lines it wrote to stderr)."""
-    main = importlib.import_module(f"pyro_vae.{command}").main
-    try:
-        main([str(a) for a in argv])
-        status = 0
-    except SystemExit as stop:
-        status = stop.code if isinstance(stop.code, int) else 1
-    return status, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
 
 def fit(model, guide, elbo, out, capsys):
