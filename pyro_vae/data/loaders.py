@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyro_vae.plumbing.registry import Registry
+
+
 class DataError(Exception):
     """A dataset file is missing, unreadable or not what was expected."""
 
@@ -265,7 +268,7 @@ def load_gmm_synthetic(data_dir=None, download=False, num_train=1000, num_test=5
     return RawDataset(train_x, train_y, test_x, test_y, None, "none", "gmm")
 
 
-DATASETS = {
+DATASETS = Registry("dataset", {
     "digits": load_digits,
     "linear_gaussian": load_linear_gaussian,
     "gmm_synthetic": load_gmm_synthetic,
@@ -273,15 +276,10 @@ DATASETS = {
     "fashion_mnist": load_fashion_mnist,
     "binarized_mnist": load_binarized_mnist,
     "frey_face": load_frey_face,
-}
+})
 
 
 def register_dataset(name):
     """Decorator: make ``load(data_dir=None, download=False, **options)`` a
     dataset available as ``--dataset name``."""
-
-    def decorate(load):
-        DATASETS[name] = load
-        return load
-
-    return decorate
+    return DATASETS.register(name)

@@ -13,18 +13,15 @@ import time
 
 import torch
 
-CLOSED_FORM = {}  # model class -> update(model, x) -> log p(x) per point before the update
+from pyro_vae.plumbing.registry import Registry
+
+CLOSED_FORM = Registry("closed-form update")  # model class -> update(model, x) -> log p(x) per point before it
 TOLERANCE = 1e-7  # nats per point: EM stops when an iteration gains less
 
 
 def register_closed_form(model_cls):
     """Decorator: ``update(model, x)`` is one EM iteration on the rows ``x`` for ``model_cls``."""
-
-    def decorate(update):
-        CLOSED_FORM[model_cls] = update
-        return update
-
-    return decorate
+    return CLOSED_FORM.register(model_cls)
 
 
 def closed_form_update(model):

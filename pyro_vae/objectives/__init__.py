@@ -47,6 +47,7 @@ from pyro_vae.objectives.particles import IWAE, IWAE_DReG, ReweightedWakeSleep, 
 from pyro_vae.objectives.relaxed import RelaxedELBO, Temperature
 from pyro_vae.objectives.score_function import BASELINES, ScoreFunctionELBO
 from pyro_vae.objectives.vimco import VIMCO
+from pyro_vae.plumbing.registry import Registry
 from pyro_vae.program.density import MAX_ENUMERATION
 
 
@@ -63,7 +64,7 @@ class Objective(NamedTuple):
     amortized_only: bool = False  # runs the guide in a particle plate or on dreamt data: amortized guides only
 
 
-ELBOS = {
+ELBOS = Registry("objective", {
     "trace": Objective(Trace_ELBO),
     "meanfield": Objective(TraceMeanField_ELBO, reparameterised=True),
     "enum": Objective(EnumELBO, enumerates=True, discrete_guide=True),
@@ -75,7 +76,7 @@ ELBOS = {
     "wake-sleep": Objective(WakeSleep, amortized_only=True),
     "relaxed": Objective(functools.partial(RelaxedELBO, straight_through=False), temperature=True),
     "relaxed-st": Objective(functools.partial(RelaxedELBO, straight_through=True), temperature=True),
-}
+})
 
 
 def names_with(capability):

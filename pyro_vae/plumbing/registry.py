@@ -1,4 +1,5 @@
-"""Name -> class registries for generative models and variational families.
+"""Name -> object registries: generative models and variational families here, one ``Registry`` type
+for every table a name picks from (datasets, objectives and closed-form updates too).
 
 A new model is one file in ``models/`` that decorates its class with
 ``@register_model("name")``: ``models/__init__.py`` imports every module of
@@ -10,27 +11,45 @@ A user's own module can register too: import it before calling the API
 
 import importlib
 
-MODELS = {}
-GUIDES = {}
+class Registry(dict):
+    """A name -> object table of one kind, filled by its :meth:`register` decorator: the one registry
+    type behind ``--model`` and ``--guide`` (classes, which learn their ``name``), ``--dataset``
+    (loaders), ``--elbo`` (objectives) and EM's closed-form updates (keyed by model class)."""
+
+    def __init__(self, kind, entries=(), names_its_entries=False):
+        super().__init__(entries)
+        self.kind, self.names_its_entries = kind, names_its_entries
+
+    def register(self, key):
+        """Decorator: ``self[key] = obj`` (and ``obj.name = key`` where entries carry their name)."""
+
+        def decorate(obj):
+            self[key] = obj
+            if self.names_its_entries:
+                obj.name = key
+            return obj
+
+        return decorate
+
+    def lookup(self, key):
+        """``self[key]``; a KeyError naming the choices otherwise."""
+        if key not in self:
+            raise KeyError(f"unknown {self.kind} {key!r}; choose from {', '.join(sorted(map(str, self)))}")
+        return self[key]
 
 
-def _registrar(table, name):
-    def decorate(cls):
-        table[name] = cls
-        cls.name = name
-        return cls
-
-    return decorate
+MODELS = Registry("model", names_its_entries=True)
+GUIDES = Registry("guide", names_its_entries=True)
 
 
 def register_model(name):
     """Class decorator: make a model available as ``--model name``."""
-    return _registrar(MODELS, name)
+    return MODELS.register(name)
 
 
 def register_guide(name):
     """Class decorator: make a guide available as ``--guide name``."""
-    return _registrar(GUIDES, name)
+    return GUIDES.register(name)
 
 
 def _load_builtins():
@@ -54,14 +73,10 @@ def guide_names():
 def get_model(name):
     """The model class registered as ``name``; KeyError naming the choices otherwise."""
     _load_builtins()
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
-    return MODELS[name]
+    return MODELS.lookup(name)
 
 
 def get_guide(name):
     """The guide class registered as ``name``; KeyError naming the choices otherwise."""
     _load_builtins()
-    if name not in GUIDES:
-        raise KeyError(f"unknown guide {name!r}; choose from {', '.join(sorted(GUIDES))}")
-    return GUIDES[name]
+    return GUIDES.lookup(name)
