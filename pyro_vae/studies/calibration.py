@@ -38,13 +38,13 @@ from pyro_vae.plumbing.files import write_json, write_text
 from pyro_vae.program.density import DATA_PLATE, layout_of, plug_in_values
 from pyro_vae.program.posteriors import guide_posterior
 from pyro_vae.runs.rundir import load_run
+from pyro_vae.studies.posterior_comparison import REFINE_LR, REFINE_PARTICLES  # compare's semi_amortized row
 from pyro_vae.studies.rank_statistics import (bins_for, format_calibration, save_calibration_figure,
                                               summarize)
 
 METHODS = ("exact", "amortized", "semi_amortized", "meanfield", "full_rank", "flow", "nuts")
 FAMILY = {"meanfield": "ffg", "full_rank": "full_rank", "flow": "flow"}
 MIN_DRAWS = 39  # L + 1 >= 40: the 2.5% tails of the 95% interval hold at least one rank value each
-REFINE_LR, REFINE_PARTICLES = 0.05, 8  # compare's semi_amortized settings (studies/posterior_comparison.py)
 SUMMARY_DRAWS = 1000  # draws behind the Gaussian an encoder without closed-form moments is refined from
 
 
