@@ -64,13 +64,30 @@ def machine():
     return info
 
 
+# ATEN_CPU_CAPABILITY's values and the ISA names XLA's CPU backend takes for --xla_cpu_max_isa
+XLA_ISA = {"default": None, "avx2": "AVX2", "avx512": "AVX512", "avx512_vnni": "AVX512", "avx512_bf16": "AVX512"}
+
+
+def numpyro_env():
+    """The environment for a NumPyro interpreter: JAX on the CPU, and restricted to the same vector ISA as
+    ATen when ``ATEN_CPU_CAPABILITY`` restricts torch (``XLA_FLAGS=--xla_cpu_max_isa=AVX2``), so that an
+    emulated AVX2 machine emulates it for both samplers."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    isa = XLA_ISA.get(os.environ.get("ATEN_CPU_CAPABILITY", "default"))
+    if isa and "xla_cpu_max_isa" not in env.get("XLA_FLAGS", ""):
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_max_isa={isa}".strip()
+    return env
+
+
 def machine_header():
     """One line naming the processor, torch's threads and the versions."""
     info = machine()
     line = (f"CPU: {info['cpu']} ({info['cores']} cores), vector ISA: {info['cpu_isa'] or 'unknown'}, "
             f"ATen kernels {info['aten_isa']}")
     if "ATEN_CPU_CAPABILITY" in info:
-        line += f" (ATEN_CPU_CAPABILITY={info['ATEN_CPU_CAPABILITY']})"
+        line += f" (ATEN_CPU_CAPABILITY={info['ATEN_CPU_CAPABILITY']}"
+        xla = numpyro_env().get("XLA_FLAGS")
+        line += f"; NumPyro's JAX with XLA_FLAGS={xla})" if xla else ")"
     line += f"; {info['threads']} torch threads; torch {info['torch']}"
     if "pyro" in info:
         line += f", pyro {info['pyro']}"

@@ -189,7 +189,9 @@ def run_numpyro(warmup, samples, seeds):
     if not NUMPYRO_PYTHON.exists():
         print(f"NumPyro skipped: {NUMPYRO_PYTHON} not found (create /work/venv-numpyro with numpyro, jax, jaxlib, arviz, numpy).")
         return None
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    from machine import numpyro_env  # not at the top: the NumPyro interpreter runs this file without torch
+
+    env = numpyro_env()
     cmd = [str(NUMPYRO_PYTHON), str(Path(__file__).resolve()), "--numpyro-worker",
            "--warmup", str(warmup), "--samples", str(samples), "--seeds", str(seeds)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

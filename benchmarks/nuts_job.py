@@ -120,9 +120,11 @@ def pyro_vae_job(run, out, cache, extra):
 
 
 def numpyro_job(problem, warmup, samples, seed):
+    from machine import numpyro_env  # not at the top: the NumPyro interpreter runs this file without torch
+
     cmd = [str(NUMPYRO_PYTHON), str(Path(__file__).resolve()), "--numpyro-worker", str(problem),
            "--warmup", str(warmup), "--samples", str(samples), "--seed", str(seed)]
-    seconds, proc = timed(cmd, dict(os.environ, JAX_PLATFORMS="cpu"))
+    seconds, proc = timed(cmd, numpyro_env())
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     warnings = int(result["max_r_hat"] > 1.01) + int(result["min_ess_bulk"] < 100 * CHAINS)
     return {"seconds": seconds, **result, "warnings": warnings}

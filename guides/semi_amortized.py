@@ -42,8 +42,11 @@ class SemiAmortizedGuide(AmortizedGuide):
         """q_K(z | x) = N(m_K, diag s_K^2) after ``steps`` Adam steps (``lr``, ``particles``
         reparameterised draws a step; each defaulting to the class's setting) from ``q0``, up each
         point's ELBO under ``model`` with its weights (and global values ``fixed``) held fixed."""
-        loc, log_scale = refine(model, x, q0.mean, q0.stddev.log(), steps or cls.local_steps, lr or cls.local_lr,
-                                particles or cls.local_particles, fixed)
+        # "is None", not "or": zero steps is a request (the encoder's q itself), not a missing setting
+        steps = cls.local_steps if steps is None else steps
+        lr = cls.local_lr if lr is None else lr
+        particles = cls.local_particles if particles is None else particles
+        loc, log_scale = refine(model, x, q0.mean, q0.stddev.log(), steps, lr, particles, fixed)
         return dist.Normal(loc, log_scale.exp()).to_event(1)
 
     def __init__(self, model, num_data, hidden_dims=(400,)):

@@ -111,6 +111,14 @@ def test_the_full_rank_q_star_is_calibrated(model):
     assert r.p_value > 0.01 and within_binomial_error(r) and abs(r.rms_z - 1) < 0.1
 
 
+def test_the_flow_q_star_is_calibrated(model):
+    """An affine autoregressive flow holds a correlated Gaussian exactly (a triangular linear map of its
+    base): its q* passes where mean-field fails."""
+    r = calibrate(model, "flow")
+    assert "q* after" in r.notes[0]
+    assert r.p_value > 0.01 and within_binomial_error(r) and abs(r.rms_z - 1) < 0.15
+
+
 def test_nuts_is_calibrated(model):
     """Small on purpose (NUTS costs about 0.1 s per iteration here, whatever N): 2 chains x 60 draws
     after 100 warm-up steps, every 3rd of the 120 kept as the L = 39 each truth is ranked among."""
@@ -153,6 +161,17 @@ def test_amortized_and_meanfield_on_digits(digits_run, tmp_path):
     assert Image.open(tmp_path / "calibration.png").size[1] > 2 * 2.4 * 110  # a row per method
 
 
+def test_semi_amortized_starts_from_the_encoder_and_moves(digits_run):
+    """No refinement steps leaves the encoder's q, so the same seed gives the amortized ranks exactly;
+    20 steps move every simulation's posterior, and say so."""
+    amortized = calibrate(digits_run, "amortized")
+    unrefined = calibrate(digits_run, "semi_amortized", CalibrationSettings(refine_steps=0))
+    refined = calibrate(digits_run, "semi_amortized")
+    assert np.array_equal(unrefined.ranks, amortized.ranks)
+    assert not np.array_equal(refined.ranks, amortized.ranks) and refined.ranks.shape == amortized.ranks.shape
+    assert refined.notes[0].startswith("20 Adam steps")
+
+
 def test_bad_input_is_one_usage_error(model, digits_run):
     with pytest.raises(UsageError, match="too few posterior draws"):
         calibrate(model, "exact", CalibrationSettings(draws=10))
@@ -160,6 +179,8 @@ def test_bad_input_is_one_usage_error(model, digits_run):
         calibrate(model, "exact", CalibrationSettings(draws=40))  # 41 rank values: prime
     with pytest.raises(UsageError, match="too few to test"):
         calibrate(model, "exact", CalibrationSettings(simulations=8))
+    with pytest.raises(UsageError, match="0 or more steps"):
+        calibrate(model, "exact", CalibrationSettings(refine_steps=-1))
     with pytest.raises(UsageError, match="needs an amortized encoder"):
         calibrate(model, "amortized")  # a bare model has no encoder to draw from
     with pytest.raises(UsageError, match="cannot be sampled"):

@@ -72,6 +72,8 @@ class CalibrationSettings:
         if not bins_for(self.draws, self.simulations):
             raise UsageError(f"simulations = {self.simulations} (--sbc-simulations): too few to test {self.draws + 1} "
                              f"rank values for uniformity; give at least 5 per rank bin (100 for 20 bins)")
+        if self.refine_steps < 0:
+            raise UsageError(f"refine_steps = {self.refine_steps}: the semi-amortized refinement takes 0 or more steps")
         if self.nuts_chains * self.nuts_samples < self.draws:
             raise UsageError(f"NUTS keeps {self.nuts_chains} x {self.nuts_samples} draws, fewer than the "
                              f"{self.draws} each rank needs: raise --sbc-nuts-samples")

@@ -26,7 +26,10 @@ class Adam(PyroOptim):
 
     ``clip_norm``, if given, rescales the gradients of all parameters jointly
     so their global L2 norm is at most ``clip_norm`` before each step.
-    ``fused`` is passed to ``torch.optim.Adam`` (``None``: torch's default).
+    ``fused`` is passed to ``torch.optim.Adam``; ``None`` (the default) takes its fused kernel
+    wherever torch has one (CPU and CUDA), which updates all dense parameters in one pass: on the
+    2-core CPU, 0.39 ms a step against 1.00 ms for torch's CPU default (the per-tensor loop) on the
+    MNIST pair's 1.1M parameters, one thread (benchmarks/fit_speed.py, docs/benchmarks.md).
     ``local_lr`` is the learning rate of sparse (per-datapoint) parameters,
     whose rows move only when their data point is in the minibatch, once per
     epoch for each row (default: ``lr``).
@@ -69,8 +72,13 @@ class Adam(PyroOptim):
             self.names[kind].append(name)
             self._known.add(p)
             if kind not in self.optimizers:
-                make = torch.optim.Adam if kind == "dense" else torch.optim.SparseAdam
-                self.optimizers[kind] = make([p], **(self.options if kind == "dense" else self.local_options))
+                if kind == "dense":
+                    options = dict(self.options)
+                    if options["fused"] is None and p.device.type in ("cpu", "cuda") and p.is_floating_point():
+                        options["fused"] = True
+                    self.optimizers[kind] = torch.optim.Adam([p], **options)
+                else:
+                    self.optimizers[kind] = torch.optim.SparseAdam([p], **self.local_options)
             else:
                 self.optimizers[kind].param_groups[0]["params"].append(p)
         self._apply_pending_state()
