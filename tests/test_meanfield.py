@@ -90,8 +90,29 @@ def test_meanfield_step_touches_only_the_minibatch_rows():
     svi.step(torch.rand(4, 6).round(), idx, 50)
     changed = (guide.loc.weight.detach() != before).any(-1).nonzero().flatten().sort().values
     assert changed.tolist() == sorted(idx.tolist())
-    # decoder weights are point estimates, updated by the dense optimizer
+    # decoder weights are point estimates, updated by the dense optimizer: torch's fused Adam on CPU
     assert "sparse" in svi.optim.optimizers and "dense" in svi.optim.optimizers
+    assert svi.optim.optimizers["dense"].defaults["fused"] is True
+
+
+def test_fused_adam_takes_the_same_steps_as_the_per_tensor_loop():
+    """The dense Adam's fused kernel (the default on CPU) and torch's per-tensor loop (fused=False)
+    move the same parameters to float rounding, step after step."""
+    from pyro_vae.infer.svi.optim import Adam
+
+    weights = {}
+    for fused in (None, False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model = get_model("bernoulli_mlp")(data_dim=6, latent_dim=2, hidden_dims=(8,))
+        guide = get_guide("amortized")(model, 50, (8,))
+        svi = pyro.infer.SVI(model, guide, Adam(lr=1e-2, fused=fused), pyro.infer.Trace_ELBO())
+        x = torch.rand(50, 6).round()
+        for _ in range(20):
+            svi.step(x, torch.arange(50), 50)
+        assert svi.optim.optimizers["dense"].defaults["fused"] is (fused is None)
+        weights[fused] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert torch.allclose(weights[None], weights[False], atol=1e-5)
 
 
 def test_meanfield_guide_refuses_new_data_in_forward():

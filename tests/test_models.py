@@ -108,3 +108,31 @@ def test_softplus_is_torchs_with_its_gradient(form, monkeypatch):
     monkeypatch.setattr(nn_module, "CPU_SOFTPLUS", "aten" if form == "fused" else "fused")
     (replayed,) = recorded(x.detach().requires_grad_(True))
     assert torch.equal(replayed, grad)
+
+
+def test_softplus_without_grad_is_torchs_and_leaves_its_input():
+    """Without autograd (evaluation, IWAE) softplus runs in place on a buffer of its own: F.softplus to
+    float rounding, the argument untouched, and a recording made with grad off replays it; the
+    Bernoulli's log density is the same with grad and without."""
+    import torch.nn.functional as F
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from pyro_vae.nn import BernoulliLogits, softplus
+
+    x = torch.cat([torch.linspace(-120, 120, 2001), torch.tensor([0.0, -1e-8, 1e-8, 25.0])])
+    before = x.clone()
+    with torch.no_grad():
+        value = softplus(x)
+    assert torch.allclose(value, F.softplus(x), rtol=1e-6, atol=2e-7)
+    assert torch.equal(x, before)
+    assert torch.equal(softplus(x), value)  # grad mode on, but nothing requires grad: the same form
+    recorded = make_fx(softplus)(x)
+    assert any(str(node.target) == "aten.exp_.default" for node in recorded.graph.nodes)
+    assert torch.equal(recorded(x), value) and torch.equal(x, before)
+    logits = torch.randn(7, 3, 784, requires_grad=True)
+    data = torch.bernoulli(torch.full((3, 784), 0.3))
+    with_grad = BernoulliLogits(logits=logits).log_prob(data)
+    with torch.no_grad():
+        without = BernoulliLogits(logits=logits).log_prob(data)
+    assert with_grad.requires_grad and not without.requires_grad
+    assert torch.allclose(with_grad, without, atol=1e-6)

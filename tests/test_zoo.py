@@ -37,6 +37,18 @@ CASES = {
     "a plain nn.Module": ("zoo_plain", "zoo_plain", "amortized", "digits", ()),
 }
 
+# the coordinates SBC ranks, per module: sites in the program's order, a constrained site by its
+# unconstrained coordinates (the simplex w of 3 weights has 2)
+COORDINATES = {
+    "zoo_scalar": ["z"],
+    "zoo_matrix": ["z[0]", "z[1]", "z[2]", "z[3]"],
+    "zoo_constrained": ["s", "u", "w[0]", "w[1]", "z[0]", "z[1]"],
+    "zoo_sites": ["z1", "z2[0]"],
+    "zoo_enum": ["z[0]", "z[1]"],
+    "zoo_masked": ["z[0]", "z[1]"],
+    "zoo_plain": ["z[0]", "z[1]"],
+}
+
 
 @pytest.fixture
 def user_folder(tmp_path, monkeypatch):
@@ -74,6 +86,17 @@ def test_a_users_program_runs_through_every_command(case, user_folder, capsys):
         exact = results["exact_log_likelihood"]
         assert results["log_likelihood"] <= exact + 3 * results["log_likelihood_se"] + 0.01
         assert abs(results["ais"]["log_likelihood"] - exact) < 0.5 + 0.01 * abs(exact)
+
+    # SBC on the program's own simulations: every continuous coordinate of every site ranked (constrained
+    # ones in the layout's unconstrained space), an enumerated site drawn and left out with a note
+    status, err = run("evaluate", "run", "--iwae-samples", 10, "--max-examples", 4, "--calibrate", "amortized,meanfield",
+                      "--sbc-simulations", 40, "--sbc-draws", 39, "--no-progress", capsys=capsys)
+    assert status == 0, err
+    calibrated = json.loads((run_dir / "calibration.json").read_text())["methods"]
+    assert [m["method"] for m in calibrated] == ["amortized", "meanfield"]
+    for method in calibrated:
+        assert method["coordinates"] == COORDINATES[module] and 0 <= method["p_value"] <= 1
+        assert any("discrete sites y" in note for note in method["notes"]) == (module == "zoo_enum")
 
     status, err = run("fit", "--inference", "nuts", "--decoder-from", "run", "--subset", 3, "--chains", 2,
                       "--warmup", 40, "--samples", 40, "--compile", "off", "--no-progress", "--out", "nuts",
