@@ -75,6 +75,33 @@ def test_compiled_matches_and_a_torch_without_standalone_compile_uses_torch_comp
         assert recording.outputs_agree(compiled(*example), affine(*example))
 
 
+def test_a_compiled_graph_is_keyed_by_its_vector_width(monkeypatch):
+    """Inductor's on-disk cache does not key on the vector ISA, so a graph generated under
+    ATEN_CPU_CAPABILITY=avx2 was served to an unrestricted AVX-512 process and corrupted its heap:
+    every compile sets cpp.simdlen, which is in the key, to the width Inductor picks in this process."""
+    import os
+    import subprocess
+    import sys
+
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    seen, standalone = [], torch._inductor.standalone_compile
+
+    def spy(*args, **kwargs):
+        seen.append(torch._inductor.config.cpp.simdlen)
+        return standalone(*args, **kwargs)
+
+    monkeypatch.setattr(torch._inductor, "standalone_compile", spy)
+    example = (torch.randn(4), torch.randn(4))
+    compiled = recording.record(affine, example, name="test", compile=True, check=example)
+    assert seen == [pick_vec_isa().bit_width()] and not isinstance(compiled, torch.fx.GraphModule)
+    native = recording._vector_bits()
+    restricted = subprocess.run([sys.executable, "-c", "from pyro_vae.infer import recording; "
+                                 "print(recording._vector_bits())"], capture_output=True, text=True, check=True,
+                                env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}).stdout
+    assert int(restricted) == min(native, 256)
+
+
 def test_a_failed_compilation_keeps_the_recording(monkeypatch):
     def no_compiler(*args, **kwargs):
         raise RuntimeError("no C++ compiler here")

@@ -32,6 +32,10 @@ Private torch API relied on, and why:
   against plain SVI at the same seed.
 - ``torch._inductor.config.cpp.vec_isa_ok``: trust the CPU's reported
   vector instructions instead of test-compiling each (6 s on an empty cache).
+- ``torch._inductor.config.cpp.simdlen``, set to the vector width Inductor
+  picks anyway: it puts the width into the on-disk cache's key, which
+  otherwise served a graph generated for AVX2 to an AVX-512 process (heap
+  corruption; ``_vector_bits``).
 """
 
 import contextlib
@@ -138,7 +142,8 @@ def _compile(graph, example):
 
     # cpp.vec_isa_ok: the vector instructions are those the CPU reports, without first compiling a test
     # program for each (six C++ builds, 6 s of a first compile on the 2-core machine)
-    with _quiet_cuda_probe(), torch._inductor.config.patch({"fallback_random": True, "cpp.vec_isa_ok": True}):
+    with _quiet_cuda_probe(), torch._inductor.config.patch({"fallback_random": True, "cpp.vec_isa_ok": True}), \
+            torch._inductor.config.patch({"cpp.simdlen": _vector_bits()}):
         standalone = getattr(torch._inductor, "standalone_compile", None)
         if standalone is None:  # a torch release without it: the public entry point, guards and all
             compiled = torch.compile(graph, dynamic=False, fullgraph=True)
@@ -147,6 +152,18 @@ def _compile(graph, example):
         module, constants = _lift_captured_tensors(graph)
         compiled = standalone(module, [*example, *constants], dynamic_shapes="from_example_inputs")
     return lambda *args: compiled(*args, *constants)
+
+
+def _vector_bits():
+    """The width in bits of the vector ISA Inductor generates code for in this process (512 for AVX-512, 256
+    for AVX2 or under ``ATEN_CPU_CAPABILITY=avx2``, 0 for none), to be set as ``cpp.simdlen``: it then
+    enters the key of Inductor's on-disk graph cache, which the ISA alone does not. Without it a graph
+    generated for AVX2 (8 floats a vector) was served to an AVX-512 process, whose build of the same
+    source steps 16 floats at a time: heap corruption ("invalid fastbin entry") in the first NUTS
+    transition, found by running ``benchmarks/nuts_speed.py`` restricted to AVX2, then unrestricted."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    return pick_vec_isa().bit_width()
 
 
 def _lift_captured_tensors(graph):
