@@ -7,10 +7,10 @@ autograd (``pyro_vae.nn._softplus_no_grad``), in every mode they run in.
 ``pyro_vae.nn.softplus`` uses, where autograd records it, the fused form, max(x, 0) + log(1 + e^-|x|)
 with gradient sigmoid(x), on the processors of ``FUSED_SOFTPLUS_CPUS`` and ATen's ``F.softplus``
 elsewhere; where it does not (evaluation), the same sum computed in place on one new buffer, on every
-CPU. This is the measurement behind both choices. For the shapes of a hidden layer in training (128 x 400), of the NUTS digits decoder
-(400 x 64) and of an IWAE chunk's logits (2000 x 784), each form is timed in five modes: eager with
-autograd (forward and backward) and without, a make_fx recording of forward and backward replayed, and
-that recording and a forward-only one compiled by Inductor (``pyro_vae.infer.recording.record``). The
+CPU. This is the measurement behind both choices. For the shapes of a hidden layer in training
+(128 x 400), of the NUTS digits decoder (400 x 64) and of an IWAE chunk's logits (2000 x 784), each
+form is timed in five modes: eager with autograd (forward and backward) and without, a make_fx
+recording of forward and backward replayed, and that recording and a forward-only one compiled by Inductor (``pyro_vae.infer.recording.record``). The
 candidates take turns call by call; medians over ``--repeats`` rounds, and the median of the per-round
 ratios fused / ATen and in place / ATen (below 1: faster than ATen's). The in-place form has no
 autograd and runs in the "eager, no grad" mode only.

@@ -141,7 +141,8 @@ def _compile(graph, example):
         import torch._inductor.config  # here, not at the top: importing Inductor costs a second
 
     # cpp.vec_isa_ok: the vector instructions are those the CPU reports, without first compiling a test
-    # program for each (six C++ builds, 6 s of a first compile on the 2-core machine)
+    # program for each (six C++ builds, 6 s of a first compile on the 2-core machine). cpp.simdlen is a second
+    # patch because _vector_bits must run under the first: without vec_isa_ok it would make those test builds
     with _quiet_cuda_probe(), torch._inductor.config.patch({"fallback_random": True, "cpp.vec_isa_ok": True}), \
             torch._inductor.config.patch({"cpp.simdlen": _vector_bits()}):
         standalone = getattr(torch._inductor, "standalone_compile", None)
